@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Everything else is a helper.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns.db
+
+.PHONY: demo test lint format ui data bench clean
+
+# The virtual environment: rebuilt only when pyproject.toml changes (the directory is the stamp).
+$(VENV): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(VENV)
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist package (no root needed; see the script).
+data: $(VENV)
+	bash scripts/fetch_fashion_mnist.sh
+
+demo: $(VENV) data
+	$(PY) studies/run.py demo
+	$(PY) analysis/make_tables.py --only fig5
+
+test: $(VENV)
+	$(PY) -m pytest -q
+
+lint: $(VENV)
+	$(PY) -m ruff check mae studies analysis benchmarks tests
+	$(PY) -m ruff format --check mae studies analysis benchmarks tests
+
+format: $(VENV)
+	$(PY) -m ruff format mae studies analysis benchmarks tests
+	$(PY) -m ruff check --fix mae studies analysis benchmarks tests
+
+ui: $(VENV)
+	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --artifacts-destination $(CURDIR)/mlartifacts --host 127.0.0.1 --port $${PORT:-5000}
+
+bench: $(VENV)
+	$(PY) benchmarks/throughput.py
+
+clean:
+	rm -rf analysis/out runs .submitit

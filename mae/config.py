@@ -1,0 +1,474 @@
+"""The typed config tree of one MAE experiment, its dotted overrides and its content keys.
+
+Everything that decides a result lives here, validated at the edge: a bad key or value fails with
+the dotted key, the value and what is allowed, before anything runs. Content keys hash only the
+fields that change results, so the same pre-training is recognised across studies and scales.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Sampler = Literal["random", "block", "grid"]
+TargetKind = Literal["pixel", "norm_pixel", "pca", "dvae"]
+Augmentation = Literal["none", "crop_fixed", "crop_rand", "crop_colorjit"]
+DatasetName = Literal["fashion_mnist", "digits", "synthetic", "cifar10", "imagefolder"]
+Stage = Literal["pretrain", "finetune", "linprobe", "partial", "scratch"]
+EVAL_STAGES: tuple[str, ...] = ("finetune", "linprobe", "partial", "scratch")
+
+# Targets whose implementation has not landed yet: planning marks their runs unavailable (and says
+# why) instead of launching or silently skipping them.
+UNAVAILABLE_TARGETS: dict[str, str] = {
+    "pca": "PCA-coefficient targets arrive with issue [5/8]",
+    "dvae": "dVAE-token targets arrive with issue [5/8]",
+}
+
+# The config paths that the paper's tables vary. Every run records a paper label for each of them
+# (params `label.<path>`), so a table is a query over labels whatever the scale maps values to.
+TABLE_AXES: tuple[str, ...] = (
+    "masking.ratio",
+    "masking.sampler",
+    "decoder.depth",
+    "decoder.width",
+    "encoder.mask_tokens",
+    "target.kind",
+    "data.augmentation",
+    "pretrain.epochs",
+)
+
+# Native geometry of the built-in data sets: (image side, channels, classes). ImageFolder and
+# synthetic take theirs from `data.image_size` / `data.channels` / `data.num_classes`.
+DATASET_FACTS: dict[str, tuple[int, int, int]] = {
+    "fashion_mnist": (28, 1, 10),
+    "digits": (8, 1, 10),
+    "cifar10": (32, 3, 10),
+}
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, assignments are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class ModelSection(Section):
+    preset: str = Field("custom", description="a name from mae.config.PRESETS, or 'custom'")
+
+
+class EncoderConfig(Section):
+    patch_size: int = Field(4, ge=1)
+    width: int = Field(96, ge=8)
+    depth: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    mask_tokens: bool = False  # Table 1c: True = the encoder sees all L tokens ("w/ [M]")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> EncoderConfig:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
+        return self
+
+
+class DecoderConfig(Section):
+    width: int = Field(64, ge=8)
+    depth: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> DecoderConfig:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
+        return self
+
+
+class MaskingConfig(Section):
+    ratio: float = Field(0.75, gt=0.0, lt=1.0)
+    sampler: Sampler = "random"
+
+    @model_validator(mode="after")
+    def _grid_keeps_one_in_four(self) -> MaskingConfig:
+        if self.sampler == "grid" and abs(self.ratio - 0.75) > 1e-9:
+            raise ValueError("the grid sampler keeps 1 of every 2x2 patches: ratio must be 0.75")
+        return self
+
+
+class TargetConfig(Section):
+    kind: TargetKind = "pixel"
+    loss_on: Literal["masked", "all"] = "masked"
+    pca_components: int = Field(96, ge=1)  # paper: the largest 96 coefficients
+    dvae_vocab: int = Field(8192, ge=2)
+
+
+class DataConfig(Section):
+    dataset: DatasetName = "fashion_mnist"
+    root: str | None = None  # ImageFolder / CIFAR-10 location; built-in sets find their own
+    image_size: int | None = Field(None, ge=4)  # None: the data set's native side
+    channels: int | None = Field(None, ge=1)  # None: the data set's native channels
+    num_classes: int | None = Field(None, ge=2)
+    augmentation: Augmentation = "crop_rand"
+    train_subset: int | None = Field(None, ge=1)  # pre-training images drawn (seeded) from train
+    val_size: int = Field(5000, ge=0)  # held out of the official train split, seeded
+    split_seed: int = 0
+
+
+class PretrainConfig(Section):
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(256, ge=1)  # per optimizer step, over all processes
+    accum_iter: int = Field(1, ge=1)
+    blr: float = Field(1.5e-4, gt=0)  # lr = blr * batch_size / 256
+    min_lr: float = Field(0.0, ge=0)
+    warmup_epochs: float = Field(5, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    seed: int = 0
+
+
+class EvalCommon(Section):
+    """Shared by every evaluation protocol; `dataset` None means the pre-training data set."""
+
+    dataset: DatasetName | None = None
+    root: str | None = None
+    image_size: int | None = Field(None, ge=4)  # None: the pre-training size (pos-embed resampled)
+    train_subset: int | None = Field(None, ge=1)
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(256, ge=1)
+    blr: float = Field(1e-3, gt=0)
+    min_lr: float = Field(1e-6, ge=0)
+    warmup_epochs: float = Field(2, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    seed: int = 0
+
+
+class FinetuneConfig(EvalCommon):
+    layer_decay: float = Field(0.75, gt=0, le=1)
+    drop_path: float = Field(0.1, ge=0, lt=1)
+    mixup: float = Field(0.8, ge=0)
+    cutmix: float = Field(1.0, ge=0)
+    smoothing: float = Field(0.1, ge=0, lt=1)
+    randaug: str | None = "rand-m9-mstd0.5-inc1"
+    reprob: float = Field(0.25, ge=0, le=1)
+    global_pool: bool = True  # official default: mean of patch tokens + fc_norm
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class PartialConfig(FinetuneConfig):
+    """Fig. 9: fine-tune only the last `blocks` blocks; 0.5 = the MLP of the last block only."""
+
+    blocks: float = Field(1, ge=0)
+
+    @model_validator(mode="after")
+    def _whole_or_half(self) -> PartialConfig:
+        if self.blocks != 0.5 and self.blocks != int(self.blocks):
+            raise ValueError(f"blocks must be a whole number or 0.5, got {self.blocks}")
+        return self
+
+
+class ScratchConfig(FinetuneConfig):
+    """Table 11: supervised ViT from random init (scaled by the scale files)."""
+
+    blr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.3, ge=0)
+    warmup_epochs: float = Field(5, ge=0)
+    layer_decay: float = Field(1.0, gt=0, le=1)
+    betas: tuple[float, float] = (0.9, 0.95)
+
+
+class LinprobeConfig(EvalCommon):
+    epochs: int = Field(90, ge=1)
+    batch_size: int = Field(1024, ge=1)
+    blr: float = Field(0.1, gt=0)
+    min_lr: float = Field(0.0, ge=0)
+    warmup_epochs: float = Field(10, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["lars", "sgd"] = "lars"
+    pool: Literal["cls", "avg"] = "cls"  # official: the class token
+    augmentation: Literal["none", "crop_rand"] = "none"  # none: features are cached once
+
+
+class RuntimeConfig(Section):
+    """How a run executes; never part of a content key."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA
+    num_workers: int = Field(0, ge=0)
+    threads: int | None = Field(None, ge=1)
+    progress: bool | None = None  # None: on when stderr is a TTY and not in CI
+    log_every: int = Field(50, ge=1)
+    checkpoint_every: int = Field(1, ge=1)  # epochs between checkpoints
+    recon_images: int = Field(8, ge=0)  # images in the reconstruction grid PNG
+
+
+class ExperimentConfig(Section):
+    model: ModelSection = ModelSection()
+    encoder: EncoderConfig = EncoderConfig()
+    decoder: DecoderConfig = DecoderConfig()
+    masking: MaskingConfig = MaskingConfig()
+    target: TargetConfig = TargetConfig()
+    data: DataConfig = DataConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    linprobe: LinprobeConfig = LinprobeConfig()
+    partial: PartialConfig = PartialConfig()
+    scratch: ScratchConfig = ScratchConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_preset(cls, data: Any) -> Any:
+        """A preset fills encoder/decoder; keys given explicitly still win."""
+        if not isinstance(data, Mapping):
+            return data
+        preset = (data.get("model") or {}).get("preset", "custom")
+        if preset == "custom":
+            return data
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}")
+        merged = copy.deepcopy(PRESETS[preset])
+        for section in ("encoder", "decoder"):
+            merged[section].update(data.get(section) or {})
+        return {**data, **merged}
+
+    @model_validator(mode="after")
+    def _geometry(self) -> ExperimentConfig:
+        side, chans = self.image_side, self.image_channels
+        if side % self.encoder.patch_size:
+            raise ValueError(
+                f"image size {side} is not divisible by encoder.patch_size "
+                f"{self.encoder.patch_size}"
+            )
+        if self.masking.sampler in ("grid", "block") and (side // self.encoder.patch_size) < 2:
+            raise ValueError("block and grid masking need a patch grid of at least 2x2")
+        del chans
+        return self
+
+    # Derived geometry, so that model and data agree on one number.
+    @property
+    def image_side(self) -> int:
+        return self.data.image_size or DATASET_FACTS.get(self.data.dataset, (32, 3, 10))[0]
+
+    @property
+    def image_channels(self) -> int:
+        return self.data.channels or DATASET_FACTS.get(self.data.dataset, (32, 3, 10))[1]
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_side // self.encoder.patch_size) ** 2
+
+
+# Paper presets (paper_reference.md §5.5) and small ones for CPU. All paper models use the
+# 512-d, 8-block, 16-head decoder.
+_PAPER_DECODER = {"width": 512, "depth": 8, "heads": 16}
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "vit_b16": {"encoder": {"patch_size": 16, "width": 768, "depth": 12, "heads": 12},
+                "decoder": dict(_PAPER_DECODER)},
+    "vit_l16": {"encoder": {"patch_size": 16, "width": 1024, "depth": 24, "heads": 16},
+                "decoder": dict(_PAPER_DECODER)},
+    "vit_h14": {"encoder": {"patch_size": 14, "width": 1280, "depth": 32, "heads": 16},
+                "decoder": dict(_PAPER_DECODER)},
+    "vit_tiny_cpu": {"encoder": {"patch_size": 4, "width": 96, "depth": 4, "heads": 4},
+                     "decoder": {"width": 64, "depth": 2, "heads": 4}},
+    "vit_micro_cpu": {"encoder": {"patch_size": 2, "width": 48, "depth": 2, "heads": 3},
+                      "decoder": {"width": 32, "depth": 1, "heads": 2}},
+}
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ConfigError(ValueError):
+    """A bad config value, reported in one line: where, which dotted key, what value, what is allowed."""
+
+    def __init__(self, source: str, key: str, value: Any, allowed: str):
+        self.source, self.key, self.value, self.allowed = source, key, value, allowed
+        super().__init__(f"{source}: {key}: got {value!r}; {allowed}")
+
+
+def _allowed_for(cls: type[BaseModel], path: tuple[str | int, ...], msg: str) -> str:
+    """Describe what a field accepts, for the error line."""
+    model: Any = cls
+    field = None
+    for part in path:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            break
+        field = model.model_fields.get(str(part))
+        if field is None:
+            allowed = ", ".join(sorted(model.model_fields))
+            return f"unknown key; allowed keys here: {allowed}"
+        model = field.annotation
+    if field is None:
+        return msg
+    hint = msg
+    ann = field.annotation
+    literal = getattr(ann, "__args__", None)
+    if getattr(ann, "__origin__", None) is Literal and literal:
+        hint = "allowed: " + " | ".join(map(str, literal))
+    bounds = [
+        f"{name} {getattr(m, name)}"
+        for m in field.metadata
+        for name in ("ge", "gt", "le", "lt")
+        if getattr(m, name, None) is not None
+    ]
+    if bounds:
+        hint = f"{msg} (allowed: {', '.join(bounds)})"
+    return hint
+
+
+def _lookup(data: Any, path: Iterable[str | int]) -> Any:
+    for part in path:
+        if isinstance(data, Mapping) and part in data:
+            data = data[part]
+        else:
+            return "<missing>"
+    return data
+
+
+def validate_config(data: Mapping[str, Any], source: str = "<config>") -> ExperimentConfig:
+    """Build an ExperimentConfig from nested data, turning pydantic errors into ConfigError."""
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        path = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
+        key = ".".join(map(str, path)) or "<root>"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            parent = path[:-1]
+            allowed = _allowed_for(ExperimentConfig, parent + ("\0",), msg) if parent else (
+                "unknown key; allowed keys here: " + ", ".join(sorted(ExperimentConfig.model_fields))
+            )
+            raise ConfigError(source, key, _lookup(data, path), allowed) from None
+        raise ConfigError(
+            source, key, _lookup(data, path), _allowed_for(ExperimentConfig, path, msg)
+        ) from None
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def parse_value(text: str) -> Any:
+    """`--set` values are YAML scalars: 0.75, true, null, [1, 2], pixel."""
+    return yaml.safe_load(text) if text.strip() else ""
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'masking.ratio=0.9' -> ('masking.ratio', 0.9)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError("--set", text, text, "expected KEY=VALUE, e.g. masking.ratio=0.9")
+    return key.strip(), parse_value(value)
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set `a.b.c` in a nested dict in place, creating sections as needed."""
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError("<overrides>", key, value, f"{part!r} is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def apply_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a deep copy of `base` with dotted (or nested) overrides applied, later wins."""
+    out = copy.deepcopy(dict(base))
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and "." not in key:
+            for sub, subval in flatten_dict(value, prefix=key).items():
+                set_dotted(out, sub, subval)
+        else:
+            set_dotted(out, key, value)
+    return out
+
+
+def flatten_dict(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            out.update(flatten_dict(value, dotted))
+        else:
+            out[dotted] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read a YAML file; syntax errors become ConfigError naming the file and line."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "<yaml>"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(str(path), where, "<unparseable>", f"YAML syntax error: {problem}") from None
+    except OSError as exc:
+        raise ConfigError(str(path), "<file>", str(path), f"cannot read: {exc.strerror}") from None
+
+
+# --------------------------------------------------------------------------- canonical form, keys
+
+# Sections that change a pre-trained encoder. `runtime` never changes results; evaluation sections
+# belong to evaluation keys.
+PRETRAIN_SECTIONS = ("encoder", "decoder", "masking", "target", "data", "pretrain")
+
+
+def canonical_json(obj: Any) -> str:
+    """Sorted keys, no spaces, floats as Python prints them: the same config, the same text."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def pretrain_key(cfg: ExperimentConfig) -> str:
+    """Content key of a pre-training: the hash of every section that shapes the encoder."""
+    dumped = cfg.model_dump(mode="json")
+    return _sha(canonical_json({s: dumped[s] for s in PRETRAIN_SECTIONS}))
+
+
+def eval_payload(cfg: ExperimentConfig, stage: str) -> dict[str, Any]:
+    """What an evaluation's result depends on besides its pre-training."""
+    if stage not in EVAL_STAGES:
+        raise ValueError(f"unknown evaluation stage {stage!r}; allowed: {', '.join(EVAL_STAGES)}")
+    dumped = cfg.model_dump(mode="json")
+    payload: dict[str, Any] = {"stage": stage, stage: dumped[stage]}
+    if stage == "scratch":  # no pre-training: the architecture and data are its inputs
+        payload.update(encoder=dumped["encoder"], data=dumped["data"])
+    return payload
+
+
+def eval_key(cfg: ExperimentConfig, stage: str) -> str:
+    """Content key of an evaluation: (pre-training key, eval config); scratch has no pre-training."""
+    payload = eval_payload(cfg, stage)
+    if stage != "scratch":
+        payload["pretrain_key"] = pretrain_key(cfg)
+    return _sha(canonical_json(payload))
+
+
+def run_key(cfg: ExperimentConfig, stage: str) -> str:
+    return pretrain_key(cfg) if stage == "pretrain" else eval_key(cfg, stage)
+
+
+def flatten_config(cfg: ExperimentConfig) -> dict[str, str]:
+    """Every leaf as a dotted key -> string, the form MLflow params take and tables query."""
+    return {k: json.dumps(v) if isinstance(v, list | tuple) else str(v)
+            for k, v in flatten_dict(cfg.model_dump(mode="json")).items()}
+
+
+def default_config() -> ExperimentConfig:
+    return ExperimentConfig()
