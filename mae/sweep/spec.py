@@ -1,0 +1,302 @@
+"""Study files: the typed schema of `studies/<name>.yaml` and its loader.
+
+A study names a paper experiment in the paper's own values: a grid of axes (`sweep`), explicit
+`cases` for zipped axes, the evaluations to run after each pre-training, seeds and fixed overrides.
+Structure is checked here; every expanded config is checked by the planner. Either way a problem is
+one `ConfigError` line naming the file, the dotted key and what is allowed.
+
+    name: mask_sampling
+    description: Random vs block vs grid masking.
+    reproduces: Table 1f
+    scale: tiny
+    cases:
+      - {masking.sampler: random, masking.ratio: 0.75}
+      - {masking.sampler: block, masking.ratio: 0.5}
+    evaluations: [finetune, linprobe, {partial: {blocks: [0, 0.5, 24]}}]
+    seeds: [0]
+    overrides: {data.augmentation: crop_rand}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from mae.config import EVAL_STAGES, ConfigError, flatten_dict, load_yaml
+from mae.paths import project_root
+from mae.sweep.scale import Scale, available_scales, load_scale
+
+__all__ = ["Evaluation", "StudySpec", "available_studies", "load_scale", "load_study"]
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+# What each top-level key expects, appended to pydantic's message for wrong types.
+EXPECTED = {
+    "name": "a study name: letters, digits, '_', '-', '.'",
+    "description": "a string",
+    "reproduces": "the paper figure or table, e.g. 'Table 1a'",
+    "scale": "a scale name",
+    "sweep": "a mapping {dotted.key: [value, ...]}, e.g. {masking.ratio: [0.5, 0.75]}",
+    "cases": "a list of mappings {dotted.key: value}",
+    "evaluations": "a list of finetune | linprobe | scratch | {partial: {blocks: [k, ...]}}",
+    "seeds": "a list of distinct non-negative integers, e.g. [0, 1, 2]",
+    "overrides": "a mapping {dotted.key: value}",
+}
+
+
+class Problem(ValueError):
+    """Raised inside validators: carries the exact dotted key, later given its file."""
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}: got {value!r}; {allowed}")
+
+
+def studies_dir() -> Path:
+    return project_root() / "studies"
+
+
+def available_studies() -> list[str]:
+    return sorted(p.stem for p in studies_dir().glob("*.yaml"))
+
+
+def _duplicates(values: list[Any]) -> tuple[int, int] | None:
+    """(later, earlier) indices of the first repeated value, by type and value (1 != True)."""
+    seen: dict[tuple[type, Any], int] = {}
+    for i, value in enumerate(values):
+        ident = (type(value), repr(value))
+        if ident in seen:
+            return i, seen[ident]
+        seen[ident] = i
+    return None
+
+
+def _non_empty_unique(values: Any, where: str) -> list[Any]:
+    if not isinstance(values, list):
+        values = [values]
+    if not values:
+        raise Problem(where, values, "a non-empty list of values")
+    if dup := _duplicates(values):
+        later, earlier = dup
+        raise Problem(
+            f"{where}[{later}]", values[later], f"values must differ; repeats [{earlier}]"
+        )
+    return values
+
+
+class Evaluation(BaseModel):
+    """One evaluation protocol, optionally swept over keys of its own section (partial's k)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stage: str
+    grid: dict[str, list[Any]] = {}
+
+
+def _parse_evaluation(item: Any, i: int) -> Evaluation:
+    where = f"evaluations[{i}]"
+    allowed_stages = "allowed: " + " | ".join(EVAL_STAGES)
+    if isinstance(item, str):
+        stage, grid = item, {}
+    elif isinstance(item, Mapping) and len(item) == 1:
+        stage, grid = next(iter(item.items()))
+        grid = {} if grid is None else grid
+        if not isinstance(grid, Mapping):
+            raise Problem(
+                f"{where}.{stage}", grid, "a mapping {key: [values]}, e.g. {blocks: [0, 1]}"
+            )
+    else:
+        raise Problem(
+            where, item, f"a stage name or {{stage: {{key: [values]}}}}; {allowed_stages}"
+        )
+    if stage not in EVAL_STAGES:
+        raise Problem(where, stage, allowed_stages)
+    axes = {str(k): _non_empty_unique(v, f"{where}.{stage}.{k}") for k, v in grid.items()}
+    return Evaluation(stage=stage, grid=axes)
+
+
+class StudySpec(BaseModel):
+    """A validated study file (paths and values are the paper's; the scale maps them)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    reproduces: str | None = None
+    scale: str = "tiny"
+    sweep: dict[str, Any] | None = None
+    cases: list[dict[str, Any]] | None = None
+    evaluations: list[Evaluation] = []
+    seeds: list[StrictInt] = [0]
+    overrides: dict[str, Any] = {}
+    _source: str = PrivateAttr("<study>")
+
+    @property
+    def source(self) -> str:
+        """The file the study came from (for error lines at planning time)."""
+        return self._source
+
+    @field_validator("scale")
+    @classmethod
+    def _known_scale(cls, scale: str) -> str:
+        if scale not in available_scales():
+            raise Problem("scale", scale, "allowed: " + " | ".join(available_scales()))
+        return scale
+
+    @field_validator("sweep")
+    @classmethod
+    def _axes(cls, sweep: dict[str, Any] | None) -> dict[str, list[Any]] | None:
+        if sweep is None:
+            return None
+        if not sweep:
+            raise Problem("sweep", sweep, "at least one axis {dotted.key: [value, ...]}")
+        for key, values in sweep.items():
+            if not isinstance(values, list):
+                raise Problem(
+                    f"sweep.{key}", values, "a non-empty list of values, e.g. [0.5, 0.75]"
+                )
+        return {k: _non_empty_unique(v, f"sweep.{k}") for k, v in sweep.items()}
+
+    @field_validator("cases")
+    @classmethod
+    def _cases(cls, cases: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if cases is None:
+            return None
+        if not cases:
+            raise Problem("cases", cases, "a non-empty list of {dotted.key: value} mappings")
+        flat = [flatten_dict(case) for case in cases]
+        for i, case in enumerate(flat):
+            if not case:
+                raise Problem(f"cases[{i}]", case, "a non-empty mapping {dotted.key: value}")
+        if dup := _duplicates([sorted(case.items(), key=str) for case in flat]):
+            later, earlier = dup
+            raise Problem(
+                f"cases[{later}]", cases[later], f"cases must differ; repeats [{earlier}]"
+            )
+        return flat
+
+    @field_validator("evaluations", mode="before")
+    @classmethod
+    def _evaluations(cls, items: Any) -> list[Evaluation]:
+        if not isinstance(items, list):
+            raise Problem("evaluations", items, EXPECTED["evaluations"])
+        evaluations = [_parse_evaluation(item, i) for i, item in enumerate(items)]
+        if dup := _duplicates([e.stage for e in evaluations]):
+            later, earlier = dup
+            raise Problem(
+                f"evaluations[{later}]",
+                evaluations[later].stage,
+                f"each stage once; repeats [{earlier}] (list several k under one partial entry)",
+            )
+        return evaluations
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        for i, seed in enumerate(seeds):
+            if seed < 0:
+                raise Problem(f"seeds[{i}]", seed, EXPECTED["seeds"])
+        return _non_empty_unique(seeds, "seeds")
+
+    @field_validator("overrides")
+    @classmethod
+    def _flat_overrides(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        return flatten_dict(overrides)
+
+    @model_validator(mode="after")
+    def _cases_do_not_resweep(self) -> StudySpec:
+        for i, case in enumerate(self.cases or []):
+            for key in case:
+                if key in (self.sweep or {}):
+                    raise Problem(
+                        f"cases[{i}].{key}",
+                        case[key],
+                        f"a key swept by sweep.{key} cannot be a case",
+                    )
+        return self
+
+
+def _located(loc: tuple[Any, ...]) -> str:
+    """('cases', 1, 'masking.ratio') -> 'cases[1].masking.ratio'."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<root>"
+
+
+def _lookup(raw: Any, loc: tuple[Any, ...]) -> Any:
+    for part in loc:
+        try:
+            raw = raw[part]
+        except (KeyError, IndexError, TypeError):
+            return "<missing>"
+    return raw
+
+
+def parse_study(raw: Any, source: str, default_name: str) -> StudySpec:
+    """Validate already-parsed YAML; every failure is one ConfigError line about `source`."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            source, "<root>", raw, "a study file is a mapping: " + ", ".join(EXPECTED)
+        )
+    raw = {"name": default_name, **raw}
+    try:
+        spec = StudySpec.model_validate(raw)
+    except ValidationError as exc:
+        raise _config_error(exc, raw, source) from None
+    spec._source = source
+    return spec
+
+
+def _config_error(exc: ValidationError, raw: Mapping[str, Any], source: str) -> ConfigError:
+    err = exc.errors()[0]
+    problem = (err.get("ctx") or {}).get("error")
+    if isinstance(problem, Problem):
+        return ConfigError(source, problem.key, problem.value, problem.allowed)
+    loc = tuple(err["loc"])
+    if err["type"] == "extra_forbidden":
+        allowed = "unknown key; allowed keys: " + ", ".join(StudySpec.model_fields)
+        return ConfigError(source, _located(loc), _lookup(raw, loc), allowed)
+    msg = err["msg"].removeprefix("Value error, ")
+    expected = EXPECTED.get(str(loc[0]), "") if loc else ""
+    allowed = f"{msg}; expected {expected}" if expected else msg
+    return ConfigError(source, _located(loc), _lookup(raw, loc), allowed)
+
+
+def resolve_study_path(name_or_path: str | Path) -> Path:
+    """A bare name is `studies/<name>.yaml`; anything with a suffix or a slash is a path."""
+    text = str(name_or_path)
+    path = Path(text)
+    if path.suffix in (".yaml", ".yml") or "/" in text:
+        if not path.exists():
+            raise ConfigError(text, "<file>", text, "no such study file")
+        return path
+    path = studies_dir() / f"{text}.yaml"
+    if not path.exists():
+        raise ConfigError(
+            text, "<study>", text, "no such study; available: " + ", ".join(available_studies())
+        )
+    return path
+
+
+def load_study(name_or_path: str | Path) -> StudySpec:
+    """Load and validate a study file by name (`studies/<name>.yaml`) or path."""
+    path = resolve_study_path(name_or_path)
+    return parse_study(load_yaml(path), str(path), default_name=path.stem)
+
+
+def scale_for(spec: StudySpec, name: str | None = None) -> Scale:
+    """The scale a study runs at: `--scale` if given, else the study's default."""
+    return load_scale(name or spec.scale)
