@@ -1,0 +1,89 @@
+"""Where and how a run executes: device, precision, progress bars and process groups.
+
+None of this changes results on the CPU, which is why `cfg.runtime` is outside content keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from mae.config import RuntimeConfig
+
+T = TypeVar("T")
+
+
+def resolve_device(runtime: RuntimeConfig, local_rank: int = 0) -> torch.device:
+    """`auto` is this process's GPU when there is one (one per rank under DDP), else the CPU."""
+    if runtime.device not in ("auto", "cuda"):
+        return torch.device(runtime.device)
+    if runtime.device == "cuda" or torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def resolve_precision(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype, or None for full fp32; `auto` means bf16 on CUDA only."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """Mixed precision where asked for; bf16 needs no loss scaling."""
+    dtype = resolve_precision(device, precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def progress_enabled(setting: bool | None) -> bool:
+    """An explicit setting wins; otherwise on for an interactive terminal outside CI."""
+    if setting is not None:
+        return setting
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def progress(iterable: Iterable[T], enabled: bool | None = None, **kw: Any) -> Iterator[T]:
+    """A tqdm bar over `iterable` (kwargs go to tqdm), or the bare iterable when off."""
+    return tqdm(iterable, disable=not progress_enabled(enabled), dynamic_ncols=True, **kw)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  # whether init_distributed created the process group
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group described by RANK/WORLD_SIZE/LOCAL_RANK (torchrun, or submitit's
+    `TorchDistributedEnvironment().export()`); a lone process gets the trivial DistInfo."""
+    joined = dist.is_available() and dist.is_initialized()
+    if not joined and int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return DistInfo()
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)  # NCCL collectives run on the current device
+    if not joined:
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local, owns_group=not joined)
+
+
+def cleanup_distributed(info: DistInfo) -> None:
+    """Leave the process group only if `init_distributed` made it."""
+    if info.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
