@@ -1,0 +1,261 @@
+"""Fill the table definitions from a frame of tracked runs (`mae.track.runs_frame`).
+
+A cell is every finished run of the column's stage whose labels match the row; seeds are
+aggregated as mean ± std (n = number of seeds, the newest run per seed); failed and unfinished
+runs are left out and counted for a footnote.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mae.config import UNAVAILABLE_TARGETS
+from mae.report.definitions import QUERY_AXES, Column, Definition, Row, select
+from mae.report.paper import PaperValue, paper_value
+from mae.track import runs_frame
+
+RUN_COLUMNS = ("run_id", "status", "start_time", "end_time", "tags.git_commit")
+
+
+@dataclass(frozen=True)
+class Cell:
+    mean: float | None = None
+    std: float | None = None  # sample std over seeds; None when n < 2
+    n: int = 0
+    run_ids: tuple[str, ...] = ()
+
+    @property
+    def missing(self) -> bool:
+        return self.mean is None
+
+
+@dataclass
+class TableResult:
+    definition: Definition
+    scale: str
+    cells: dict[tuple[str, str], Cell] = field(repr=False)  # (row label, column name) -> ours
+    ignored: Counter[str] = field(default_factory=Counter)  # status -> runs left out
+    runs: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)  # runs filling cells
+
+    def cell(self, row: str, column: str) -> Cell:
+        return self.cells.get((row, column), Cell())
+
+    def paper(self, row: str, column: str) -> PaperValue | None:
+        return paper_value(self.definition.id, row, column)
+
+    @property
+    def missing(self) -> list[tuple[str, str]]:
+        d = self.definition
+        return [
+            (r.label, c.name)
+            for r in d.rows
+            for c in d.columns
+            if self.cell(r.label, c.name).missing
+        ]
+
+    def frame(self) -> pd.DataFrame:
+        """Tidy numbers: one line per (row, column) with ours, the paper's and the delta."""
+        lines = []
+        for row in self.definition.rows:
+            for col in self.definition.columns:
+                ours, ref = self.cell(row.label, col.name), self.paper(row.label, col.name)
+                lines.append(
+                    {
+                        "table": self.definition.id,
+                        "row": row.label,
+                        "baseline": row.label == self.definition.baseline,
+                        "column": col.name,
+                        "mean": ours.mean,
+                        "std": ours.std,
+                        "n": ours.n,
+                        "paper": ref.value if ref else None,
+                        "paper_confirmed": ref.confirmed if ref else None,
+                        "delta": ours.mean - ref.value if ref and not ours.missing else None,
+                        "runs": " ".join(ours.run_ids),
+                    }
+                )
+        return pd.DataFrame(lines)
+
+    def footnotes(self) -> list[str]:
+        d, notes = self.definition, []
+        missing_rows = list(dict.fromkeys(r for r, _ in self.missing))
+        unavailable = {
+            row.label: UNAVAILABLE_TARGETS[row.values["target.kind"]]
+            for row in d.rows
+            if row.label in missing_rows and row.values.get("target.kind") in UNAVAILABLE_TARGETS
+        }
+        runnable = [r for r in missing_rows if r not in unavailable]
+        if runnable:
+            notes.append(
+                f"— no finished run yet for {', '.join(runnable)}: run "
+                f"`python studies/run.py {d.study} --scale {self.scale}`."
+            )
+        for label, reason in unavailable.items():
+            notes.append(f"— {label}: not yet available ({reason}).")
+        if self.ignored:
+            counts = ", ".join(f"{n} {status}" for status, n in sorted(self.ignored.items()))
+            notes.append(f"Left out: {sum(self.ignored.values())} run(s) not finished ({counts}).")
+        approx = {
+            ref.note
+            for r in d.rows
+            for c in d.columns
+            if (ref := self.paper(r.label, c.name)) and not ref.confirmed
+        }
+        notes.extend(f"~ approximate paper value: {note}." for note in sorted(approx))
+        if d.note:
+            notes.append(d.note)
+        return notes
+
+
+# --------------------------------------------------------------------------- matching
+
+
+def normalise(value: Any) -> str:
+    """One spelling per value: '0.75' and 0.75, '8' and '8.0', True and 'True' compare equal."""
+    text = str(value)
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return repr(round(number, 9)) if math.isfinite(number) else text
+
+
+def _coalesce(frame: pd.DataFrame, first: str, then: str) -> pd.Series:
+    """Column `first` where set, else column `then` (either may be absent)."""
+    out = pd.Series(None, index=frame.index, dtype=object)
+    for name in (then, first):
+        if name in frame:
+            out = frame[name].astype(object).where(frame[name].notna(), out)
+    return out
+
+
+class _Runs:
+    """The few columns a query reads, as numpy arrays, computed once for all tables: filtering
+    the wide frame (one column per param) for every cell is what makes a naive query slow."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self.frame = frame
+        self.run_id = frame["run_id"].to_numpy(dtype=object)
+        self.finished = (frame["status"] == "FINISHED").to_numpy(dtype=bool)
+        self.status = frame["status"].to_numpy(dtype=object)
+        self.start = frame["start_time"].astype("int64").to_numpy()
+        stage = frame["tags.stage"] if "tags.stage" in frame else pd.Series(None, index=frame.index)
+        self.stage = stage.to_numpy(dtype=object)
+        # A run's value on an axis is its paper label when it logged one, else its config param.
+        self.axes = {
+            axis: _coalesce(frame, f"params.label.{axis}", f"params.{axis}")
+            .map(normalise, na_action="ignore")
+            .to_numpy(dtype=object)
+            for axis in QUERY_AXES
+        }
+
+    def in_stage(self, stage: str) -> np.ndarray:
+        """Runs of `stage` on the default evaluation data (transfer runs set `<stage>.dataset`)."""
+        mask = self.stage == stage
+        dataset = f"params.{stage}.dataset"
+        if stage != "pretrain" and dataset in self.frame:
+            mask &= self.frame[dataset].fillna("None").eq("None").to_numpy(dtype=bool)
+        return mask
+
+    def metric(self, name: str) -> np.ndarray:
+        """`final/<name>` where logged, else the latest `<name>`."""
+        values = _coalesce(self.frame, f"metrics.final/{name}", f"metrics.{name}")
+        return pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+
+    def seeds(self, stage: str) -> list[tuple[str, ...]]:
+        """What makes two runs of one cell different seeds rather than a re-run."""
+        names = [c for c in ("params.pretrain.seed", f"params.{stage}.seed") if c in self.frame]
+        return list(self.frame[names].astype(str).itertuples(index=False, name=None))
+
+    def matching(self, definition: Definition, row: Row, column: Column) -> np.ndarray:
+        mask = np.ones(len(self.run_id), dtype=bool)
+        if column.labelled:
+            for axis, value in definition.required(row).items():
+                mask &= self.axes[axis] == normalise(value)
+        return mask
+
+
+def _aggregate(runs: _Runs, index: np.ndarray, values: np.ndarray, seeds) -> Cell:
+    """Newest run per seed, then mean ± std over seeds."""
+    newest: dict[tuple[str, ...], int] = {}
+    for i in index:
+        if math.isnan(values[i]):
+            continue
+        if seeds[i] not in newest or runs.start[i] > runs.start[newest[seeds[i]]]:
+            newest[seeds[i]] = i
+    chosen = sorted(newest.values(), key=lambda i: runs.start[i])
+    if not chosen:
+        return Cell()
+    numbers = [float(values[i]) for i in chosen]
+    return Cell(
+        mean=statistics.fmean(numbers),
+        std=statistics.stdev(numbers) if len(numbers) > 1 else None,
+        n=len(numbers),
+        run_ids=tuple(runs.run_id[i] for i in chosen),
+    )
+
+
+def _fill(
+    definition: Definition, runs: _Runs
+) -> tuple[dict[tuple[str, str], Cell], Counter[str], set[str]]:
+    cells: dict[tuple[str, str], Cell] = {}
+    ignored: dict[str, str] = {}
+    for column in (c for c in definition.columns if c.metric):
+        in_stage, values = runs.in_stage(column.stage), runs.metric(column.metric)
+        seeds = runs.seeds(column.stage)
+        for row in definition.rows:
+            match = in_stage & runs.matching(definition, row, column)
+            ignored.update(
+                zip(
+                    runs.run_id[match & ~runs.finished],
+                    runs.status[match & ~runs.finished],
+                    strict=True,
+                )
+            )
+            finished = np.flatnonzero(match & runs.finished)
+            cells[(row.label, column.name)] = _aggregate(runs, finished, values, seeds)
+    used = {run_id for cell in cells.values() for run_id in cell.run_ids}
+    for column in (c for c in definition.columns if c.speedup_of):
+        cells.update(_speedups(definition, column, cells))
+    return cells, Counter(ignored.values()), used
+
+
+def _speedups(definition: Definition, column: Column, cells) -> dict[tuple[str, str], Cell]:
+    base = cells.get((definition.baseline, column.speedup_of), Cell())
+    out = {}
+    for row in definition.rows:
+        this = cells.get((row.label, column.speedup_of), Cell())
+        if base.missing or this.missing or not this.mean:
+            out[(row.label, column.name)] = Cell()
+        else:
+            out[(row.label, column.name)] = Cell(mean=base.mean / this.mean, n=min(base.n, this.n))
+    return out
+
+
+def tables_from_frame(
+    frame: pd.DataFrame, definitions: Iterable[Definition], scale: str
+) -> list[TableResult]:
+    """Pure: the same frame gives the same tables. `frame` is `runs_frame`'s output."""
+    runs = _Runs(frame)
+    results = []
+    for definition in definitions:
+        cells, ignored, used = _fill(definition, runs)
+        used_runs = frame.loc[frame["run_id"].isin(used), [c for c in RUN_COLUMNS if c in frame]]
+        results.append(
+            TableResult(definition, scale, cells, ignored, used_runs.reset_index(drop=True))
+        )
+    return results
+
+
+def build_tables(uri: str, scale: str, only: Iterable[str] | None = None) -> list[TableResult]:
+    """Query the scale's experiment in `uri` and fill the named tables (all when `only` is None)."""
+    definitions = select(only)
+    return tables_from_frame(runs_frame(uri, scale), definitions, scale)
