@@ -1,0 +1,211 @@
+"""The callables that submitit pickles and runs: one pre-training or one evaluation per job.
+
+A job is stateless apart from its `JobSpec`: everything it has done lives on disk (the stage's
+checkpoint in its workdir) and in MLflow (the run with its content key). So a job that starts
+again -- requeued by submitit after a timeout or preemption, by an outside `scontrol requeue`, by
+a node failure, or by a second `studies/run.py` after a kill -- finds its run by key, resumes it
+under the same run id and continues from the latest checkpoint. Only `mae.sweep.launch` and this
+module know submitit; MLflow is reached through `mae.track` only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import submitit
+import yaml
+
+from mae import track
+from mae.config import ExperimentConfig, flatten_config, validate_config
+from mae.logger import MetricLogger, NullLogger
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+RECONSTRUCTION = "reconstruction.png"
+LOCK = "job.lock"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything one stage job needs, picklable and free of live handles.
+
+    The parent pre-training's run id is looked up by `depends_on` when the job starts, not
+    captured here: on Slurm the evaluation is submitted before its pre-training has a run.
+    """
+
+    key: str
+    stage: str
+    config: dict[str, Any]  # ExperimentConfig.model_dump(mode="json")
+    name: str
+    study: str
+    scale: str
+    tracking_uri: str
+    experiment_id: str
+    workdir: str
+    labels: dict[str, Any] = field(default_factory=dict)  # table axis -> the paper's label
+    depends_on: str | None = None  # an evaluation's pre-training key
+    pretrain_workdir: str | None = None  # where that pre-training keeps its checkpoint
+
+    @property
+    def pretrain_checkpoint(self) -> Path | None:
+        return Path(self.pretrain_workdir) / CHECKPOINT if self.pretrain_workdir else None
+
+
+def _job_environment() -> submitit.JobEnvironment | None:
+    """submitit's view of the job (ids, ranks), or None when called outside a submitit job."""
+    try:
+        return submitit.JobEnvironment()
+    except RuntimeError:
+        return None
+
+
+def label_params(labels: dict[str, Any]) -> dict[str, str]:
+    """`label.<axis>` params: the paper's value of each table axis, whatever the scale made it."""
+    return {(k if k.startswith("label.") else f"label.{k}"): str(v) for k, v in labels.items()}
+
+
+def job_tags(spec: JobSpec, env: submitit.JobEnvironment | None) -> dict[str, str]:
+    """Tags saying where a run comes from: study, scale, its pre-training, the job that ran it."""
+    tags = {"study": spec.study, "scale": spec.scale}
+    if spec.depends_on:
+        tags["pretrain_key"] = spec.depends_on
+    if env is not None:
+        tags["executor"] = env.cluster
+        if env.cluster == "slurm":
+            tags["slurm_job_id"] = env.job_id
+            tags["slurm_restart_count"] = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return tags
+
+
+@contextmanager
+def exclusive(workdir: Path, name: str) -> Iterator[None]:
+    """One live job per run: a run launched again while its first job still runs (a restarted
+    launcher, a duplicate array task) must not write the same checkpoint and MLflow run. The
+    lock dies with the process, so a killed or requeued job never blocks its successor."""
+    lock = workdir / LOCK
+    with lock.open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"{name} is already running in another job ({lock})") from None
+        yield
+
+
+def run_stage(
+    spec: JobSpec, cfg: ExperimentConfig, workdir: Path, logger: MetricLogger
+) -> dict[str, float]:
+    """Train or evaluate; each resumes from `workdir/checkpoint.pt` when there is one. (Imported
+    here: the launcher imports this module and needs neither torch nor the models.)"""
+    if spec.stage == "pretrain":
+        from mae.train.pretrain import pretrain
+
+        return pretrain(cfg, workdir, logger)
+    from mae.evaluate import run_eval
+
+    checkpoint = spec.pretrain_checkpoint
+    if checkpoint is not None and not checkpoint.exists():
+        raise FileNotFoundError(
+            f"{spec.name}: the pre-training checkpoint {checkpoint} does not exist "
+            f"(pre-training {spec.depends_on} has not finished)"
+        )
+    return run_eval(spec.stage, cfg, checkpoint, workdir, logger)
+
+
+class StageJob(submitit.helpers.Checkpointable):
+    """One stage of one run. `checkpoint()` (inherited) resubmits the same job with the same
+    spec on timeout or preemption; the MLflow run stays RUNNING in between and the next start
+    resumes it from the latest checkpoint on disk."""
+
+    def __call__(self, spec: JobSpec) -> dict[str, float]:
+        # a job process is a program of its own: its log goes to submitit's stdout file (a no-op
+        # when the caller configured logging, as in-process debug runs do)
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        env = _job_environment()
+        if env is not None and env.num_tasks > 1:
+            # one task per GPU: RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* for mae.train's DDP init; every
+            # rank keeps all GPUs visible and picks cuda:LOCAL_RANK
+            submitit.helpers.TorchDistributedEnvironment().export(
+                set_cuda_visible_devices=False, overwrite=True
+            )
+        cfg = validate_config(spec.config, source=spec.name)
+        workdir = Path(spec.workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        if env is not None and env.global_rank != 0:  # only rank 0 talks to MLflow
+            return run_stage(spec, cfg, workdir, NullLogger())
+        with exclusive(workdir, spec.name):
+            return self._tracked(spec, cfg, workdir, env)
+
+    def _tracked(
+        self,
+        spec: JobSpec,
+        cfg: ExperimentConfig,
+        workdir: Path,
+        env: submitit.JobEnvironment | None,
+    ) -> dict[str, float]:
+        """Run the stage inside its MLflow run: FINISHED with its final numbers, or FAILED."""
+        existing = track.find_runs(spec.tracking_uri, spec.experiment_id, [spec.key]).get(spec.key)
+        if existing is not None and existing.status == "FINISHED":
+            # e.g. Slurm requeued the job after it had written its result
+            log.info("%s: run %s already finished, nothing to do", spec.name, existing.run_id)
+            return {}
+        run_id = self._open_run(spec, cfg, env, existing.run_id if existing else None)
+        logger = track.MlflowLogger(spec.tracking_uri, run_id)
+        try:
+            results = run_stage(spec, cfg, workdir, logger)
+            logger.log_final(results)
+            self._log_outputs(workdir, logger)
+        except Exception:
+            track.finish_run(spec.tracking_uri, run_id, "FAILED")
+            raise
+        track.finish_run(spec.tracking_uri, run_id, "FINISHED")
+        log.info("%s: finished run %s: %s", spec.name, run_id, results)
+        return results
+
+    @staticmethod
+    def _open_run(
+        spec: JobSpec,
+        cfg: ExperimentConfig,
+        env: submitit.JobEnvironment | None,
+        run_id: str | None,
+    ) -> str:
+        """Create the run, or resume the one with this key (same run id), logging its config."""
+        parent_id = None
+        if spec.depends_on:
+            parent = track.find_runs(spec.tracking_uri, spec.experiment_id, [spec.depends_on])
+            parent_id = parent[spec.depends_on].run_id if spec.depends_on in parent else None
+            if parent_id is None:
+                log.warning("%s: no MLflow run for pre-training %s", spec.name, spec.depends_on)
+        run_id = track.open_run(
+            spec.tracking_uri,
+            spec.experiment_id,
+            key=spec.key,
+            stage=spec.stage,
+            run_name=spec.name,
+            params={**flatten_config(cfg), **label_params(spec.labels)},
+            tags=job_tags(spec, env),
+            parent_run_id=parent_id,
+            run_id=run_id,
+        )
+        logger = track.MlflowLogger(spec.tracking_uri, run_id)
+        logger.log_dict(spec.config, "config.json")
+        logger.log_text(yaml.safe_dump(spec.config, sort_keys=True), "config.yaml")
+        return run_id
+
+    @staticmethod
+    def _log_outputs(workdir: Path, logger: track.MlflowLogger) -> None:
+        """The reconstruction grid (again, in case training resumed a finished checkpoint and
+        drew nothing) and a pointer to the checkpoint, too big to copy into the artifact store."""
+        picture = workdir / RECONSTRUCTION
+        if picture.exists():
+            logger.log_artifact(picture)
+        logger.log_text(f"{(workdir / CHECKPOINT).resolve()}\n", "checkpoint.txt")
