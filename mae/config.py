@@ -159,6 +159,9 @@ class FinetuneConfig(EvalCommon):
     reprob: float = Field(0.25, ge=0, le=1)
     global_pool: bool = True  # official default: mean of patch tokens + fc_norm
     betas: tuple[float, float] = (0.9, 0.999)
+    # timm: the official train transform (random resized crop, flip, randaug, reprob); none: the
+    # evaluation transform, for images too small for crops and flips (8x8 digits)
+    augmentation: Literal["timm", "none"] = "timm"
 
 
 class PartialConfig(FinetuneConfig):
