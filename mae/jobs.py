@@ -11,9 +11,10 @@ module know submitit; MLflow is reached through `mae.track` only.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 RECONSTRUCTION = "reconstruction.png"
 LOCK = "job.lock"
+PROGRESS = "progress.json"
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,31 @@ def exclusive(workdir: Path, name: str) -> Iterator[None]:
         yield
 
 
+class ProgressFile:
+    """Passes metrics on and records the last epoch in `workdir/progress.json`, so the launcher
+    can show how far each running job is without asking MLflow (or the job's own terminal)."""
+
+    def __init__(self, inner: MetricLogger, workdir: Path):
+        self.inner, self.path = inner, workdir / PROGRESS
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self.inner.log_metrics(metrics, step)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"epoch": step}))
+        os.replace(tmp, self.path)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.inner.log_artifact(path, artifact_path)
+
+
+def read_progress(workdir: str | Path) -> int | None:
+    """The last epoch a job in `workdir` reported, or None before its first."""
+    try:
+        return int(json.loads((Path(workdir) / PROGRESS).read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def run_stage(
     spec: JobSpec, cfg: ExperimentConfig, workdir: Path, logger: MetricLogger
 ) -> dict[str, float]:
@@ -161,7 +188,7 @@ class StageJob(submitit.helpers.Checkpointable):
         run_id = self._open_run(spec, cfg, env, existing.run_id if existing else None)
         logger = track.MlflowLogger(spec.tracking_uri, run_id)
         try:
-            results = run_stage(spec, cfg, workdir, logger)
+            results = run_stage(spec, cfg, workdir, ProgressFile(logger, workdir))
             logger.log_final(results)
             self._log_outputs(workdir, logger)
         except Exception:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ from submitit.slurm.slurm import SlurmJob, _convert_mem, _make_sbatch_string
 
 from mae import track
 from mae.config import EVAL_STAGES, ConfigError, Stage, load_yaml, validate_config
-from mae.jobs import JobSpec, StageJob
+from mae.jobs import JobSpec, StageJob, read_progress
 from mae.paths import project_root
 from mae.paths import runs_dir as default_runs_dir
 
@@ -320,24 +321,33 @@ def job_outcome(job: submitit.Job[Any]) -> str | None:
 
 
 class Summary:
-    """One line per change: queued/running/done/failed per stage, redrawn in place on a TTY."""
+    """Queued/running/done/failed per stage, and the epoch each running job has reached: redrawn
+    in place on a TTY, otherwise a log line when the counts change or a minute has passed."""
 
-    def __init__(self, stream: TextIO | None = None):
+    def __init__(self, stream: TextIO | None = None, every_s: float = 60.0):
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
+        self.every_s = every_s
         self.last = ""
+        self.last_counts = ""
+        self.last_time = 0.0
 
-    def show(self, counts: Mapping[str, Counter[str]]) -> None:
-        line = " | ".join(
+    def show(self, counts: Mapping[str, Counter[str]], running: Sequence[str] = ()) -> None:
+        counts_line = " | ".join(
             f"{stage}: {c['queued']} queued, {c['running']} running, {c['done']} done, "
             f"{c['failed']} failed"
             for stage, c in sorted(counts.items(), key=lambda kv: STAGE_ORDER.index(kv[0]))
         )
+        line = counts_line + (f" || {', '.join(running)}" if running else "")
+        now = time.monotonic()
         if line == self.last:
             return
-        self.last = line
+        if not self.tty and counts_line == self.last_counts and now - self.last_time < self.every_s:
+            return
+        self.last, self.last_counts, self.last_time = line, counts_line, now
         if self.tty:
-            self.stream.write(f"\r\033[K{line}")
+            width = shutil.get_terminal_size((200, 24)).columns
+            self.stream.write(f"\r\033[K{line[: max(20, width - 1)]}")
             self.stream.flush()
         else:
             log.info("%s", line)
@@ -390,6 +400,16 @@ class Progress:
             self.failed[key] = error
             log.error("%s failed: %s", self.specs[key].name, error)
 
+    def epochs(self) -> list[str]:
+        """`name epoch/epochs` of every running job that has finished an epoch."""
+        shown = []
+        for key in self.running:
+            spec = self.specs[key]
+            epoch = read_progress(spec.workdir)
+            if epoch is not None:
+                shown.append(f"{spec.name} {epoch}/{spec.config[spec.stage]['epochs']}")
+        return shown
+
     def counts(self, state_of: Mapping[str, str] | None = None) -> dict[str, Counter[str]]:
         counts: dict[str, Counter[str]] = {}
         for key, spec in self.specs.items():
@@ -418,7 +438,7 @@ def _local_queue(
         for key in progress.ready()[: max(0, max_parallel - len(progress.running))]:
             progress.waiting.remove(key)
             progress.running[key] = executor.submit(StageJob(), progress.specs[key])
-        summary.show(progress.counts())
+        summary.show(progress.counts(), progress.epochs())
         for key, job in list(progress.running.items()):
             # a debug job runs here, inside job_outcome; its done() would open pdb on a failure
             if isinstance(job, DebugJob) or job.done():
@@ -492,7 +512,7 @@ def _slurm_wait(progress: Progress, summary: Summary) -> None:
                 progress.record(key, job_outcome(job))
         for job in progress.fail_dependents():
             job.cancel(check=False)
-        summary.show(progress.counts(states))
+        summary.show(progress.counts(states), progress.epochs())
         if progress.running:
             time.sleep(SLURM_POLL_S)
     summary.show(progress.counts())

@@ -60,3 +60,16 @@ def test_a_run_already_running_elsewhere_is_refused_without_touching_mlflow(tmp_
             StageJob()(spec)
     assert not (tmp_path / "db.db").exists()
     assert not (workdir / "checkpoint.pt").exists()
+
+
+def test_progress_file_tells_the_launcher_how_far_a_job_is(tmp_path):
+    from mae.jobs import ProgressFile, read_progress
+    from mae.logger import RecordingLogger
+
+    inner = RecordingLogger()
+    logger = ProgressFile(inner, tmp_path)
+    assert read_progress(tmp_path) is None
+    logger.log_metrics({"pretrain/loss": 0.5}, step=3)
+    logger.log_metrics({"pretrain/loss": 0.4}, step=4)
+    assert read_progress(tmp_path) == 4
+    assert inner.series("pretrain/loss") == [0.5, 0.4]  # passed on unchanged
