@@ -144,7 +144,8 @@ def eval_sets(cfg: ExperimentConfig, stage: str) -> EvalSets:
     """Train / val / test sets of an evaluation protocol (finetune, linprobe, partial, scratch).
 
     Train: `<stage>.train_subset` of the non-validation train images with the protocol's
-    augmentation (timm's fine-tuning recipe, or linprobe's `none` / `crop_rand`); val (held out
+    augmentation (timm's fine-tuning recipe or, with `augmentation: none`, the evaluation
+    transform; linprobe's `none` / `crop_rand`); val (held out
     of the official train split) and test (the official test split) are resized and centre-cropped.
     """
     if stage == "pretrain":
@@ -156,13 +157,15 @@ def eval_sets(cfg: ExperimentConfig, stage: str) -> EvalSets:
     train, val = _train_val(cfg, source)
     train = subset_indices(train, section.train_subset, cfg.data.split_seed)
     native, side, channels = source.image_size, plan.side, plan.channels
+    plain = eval_transform(side, channels, native, info.mean, info.std)
     if stage == "linprobe":
         train_transform = linprobe_train_transform(
             cfg.linprobe.augmentation, side, channels, native, info.mean, info.std
         )
+    elif section.augmentation == "none":  # images too small for crops and flips (8x8 digits)
+        train_transform = plain
     else:
         train_transform = finetune_train_transform(section, side, channels, info.mean, info.std)
-    plain = eval_transform(side, channels, native, info.mean, info.std)
     return EvalSets(
         TransformedSubset(source.train, train, train_transform),
         TransformedSubset(source.train, val, plain),

@@ -404,6 +404,23 @@ def test_finetune_augmentation_depends_only_on_torch_rng():
     assert random.getstate() == before  # and are left untouched
 
 
+def test_finetune_augmentation_none_trains_on_the_evaluation_transform():
+    cfg = validate_config({"data": {"dataset": "synthetic", "image_size": 32}})
+    augmented = eval_sets(cfg, "finetune").train
+    plain_cfg = validate_config({**cfg.model_dump(), "finetune": {"augmentation": "none"}})
+    plain = eval_sets(plain_cfg, "finetune")
+    torch.manual_seed(0)
+    first = plain.train[0][0]
+    torch.manual_seed(1)
+    assert torch.equal(plain.train[0][0], first)  # no random crop, flip or erasing
+    index = int(plain.train.indices[0])
+    assert torch.equal(first, plain.val.transform(plain.train.source[index][0]))
+    torch.manual_seed(0)
+    a = augmented[0][0]
+    torch.manual_seed(1)
+    assert not torch.equal(augmented[0][0], a)  # the timm recipe is random
+
+
 def test_bad_stage_is_rejected():
     with pytest.raises(ValueError, match="pretrain_set"):
         eval_sets(digits_cfg(), "pretrain")
