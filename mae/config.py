@@ -272,16 +272,26 @@ class ExperimentConfig(Section):
 # 512-d, 8-block, 16-head decoder.
 _PAPER_DECODER = {"width": 512, "depth": 8, "heads": 16}
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "vit_b16": {"encoder": {"patch_size": 16, "width": 768, "depth": 12, "heads": 12},
-                "decoder": dict(_PAPER_DECODER)},
-    "vit_l16": {"encoder": {"patch_size": 16, "width": 1024, "depth": 24, "heads": 16},
-                "decoder": dict(_PAPER_DECODER)},
-    "vit_h14": {"encoder": {"patch_size": 14, "width": 1280, "depth": 32, "heads": 16},
-                "decoder": dict(_PAPER_DECODER)},
-    "vit_tiny_cpu": {"encoder": {"patch_size": 4, "width": 96, "depth": 4, "heads": 4},
-                     "decoder": {"width": 64, "depth": 2, "heads": 4}},
-    "vit_micro_cpu": {"encoder": {"patch_size": 2, "width": 48, "depth": 2, "heads": 3},
-                      "decoder": {"width": 32, "depth": 1, "heads": 2}},
+    "vit_b16": {
+        "encoder": {"patch_size": 16, "width": 768, "depth": 12, "heads": 12},
+        "decoder": dict(_PAPER_DECODER),
+    },
+    "vit_l16": {
+        "encoder": {"patch_size": 16, "width": 1024, "depth": 24, "heads": 16},
+        "decoder": dict(_PAPER_DECODER),
+    },
+    "vit_h14": {
+        "encoder": {"patch_size": 14, "width": 1280, "depth": 32, "heads": 16},
+        "decoder": dict(_PAPER_DECODER),
+    },
+    "vit_tiny_cpu": {
+        "encoder": {"patch_size": 4, "width": 96, "depth": 4, "heads": 4},
+        "decoder": {"width": 64, "depth": 2, "heads": 4},
+    },
+    "vit_micro_cpu": {
+        "encoder": {"patch_size": 2, "width": 48, "depth": 2, "heads": 3},
+        "decoder": {"width": 32, "depth": 1, "heads": 2},
+    },
 }
 
 
@@ -289,7 +299,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 
 class ConfigError(ValueError):
-    """A bad config value, reported in one line: where, which dotted key, what value, what is allowed."""
+    """A bad config value in one line: where, which dotted key, what value, what is allowed."""
 
     def __init__(self, source: str, key: str, value: Any, allowed: str):
         self.source, self.key, self.value, self.allowed = source, key, value, allowed
@@ -346,8 +356,13 @@ def validate_config(data: Mapping[str, Any], source: str = "<config>") -> Experi
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             parent = path[:-1]
-            allowed = _allowed_for(ExperimentConfig, parent + ("\0",), msg) if parent else (
-                "unknown key; allowed keys here: " + ", ".join(sorted(ExperimentConfig.model_fields))
+            allowed = (
+                _allowed_for(ExperimentConfig, parent + ("\0",), msg)
+                if parent
+                else (
+                    "unknown key; allowed keys here: "
+                    + ", ".join(sorted(ExperimentConfig.model_fields))
+                )
             )
             raise ConfigError(source, key, _lookup(data, path), allowed) from None
         raise ConfigError(
@@ -415,7 +430,9 @@ def load_yaml(path: str | Path) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "<yaml>"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(str(path), where, "<unparseable>", f"YAML syntax error: {problem}") from None
+        raise ConfigError(
+            str(path), where, "<unparseable>", f"YAML syntax error: {problem}"
+        ) from None
     except OSError as exc:
         raise ConfigError(str(path), "<file>", str(path), f"cannot read: {exc.strerror}") from None
 
@@ -456,7 +473,7 @@ def eval_payload(cfg: ExperimentConfig, stage: str) -> dict[str, Any]:
 
 
 def eval_key(cfg: ExperimentConfig, stage: str) -> str:
-    """Content key of an evaluation: (pre-training key, eval config); scratch has no pre-training."""
+    """Content key of an evaluation: (pre-training key, eval config); scratch has none."""
     payload = eval_payload(cfg, stage)
     if stage != "scratch":
         payload["pretrain_key"] = pretrain_key(cfg)
@@ -469,8 +486,10 @@ def run_key(cfg: ExperimentConfig, stage: str) -> str:
 
 def flatten_config(cfg: ExperimentConfig) -> dict[str, str]:
     """Every leaf as a dotted key -> string, the form MLflow params take and tables query."""
-    return {k: json.dumps(v) if isinstance(v, list | tuple) else str(v)
-            for k, v in flatten_dict(cfg.model_dump(mode="json")).items()}
+    return {
+        k: json.dumps(v) if isinstance(v, list | tuple) else str(v)
+        for k, v in flatten_dict(cfg.model_dump(mode="json")).items()
+    }
 
 
 def default_config() -> ExperimentConfig:

@@ -1,5 +1,6 @@
-"""The whole chain on real parts: a micro study file → `studies/run.py` (debug executor) → a real
-SQLite MLflow store → `analysis/make_tables.py` → Table 1c, whose cells are the runs' own numbers."""
+"""The whole chain on real parts: a micro study file → `studies/run.py` (debug executor) →
+a real SQLite MLflow store → `analysis/make_tables.py` → Table 1c, whose cells are the runs'
+own numbers."""
 
 from __future__ import annotations
 
