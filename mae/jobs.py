@@ -26,13 +26,11 @@ import yaml
 from mae import track
 from mae.config import ExperimentConfig, flatten_config, validate_config
 from mae.logger import MetricLogger, NullLogger
+from mae.paths import CHECKPOINT, PROGRESS, RECONSTRUCTION
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
-RECONSTRUCTION = "reconstruction.png"
 LOCK = "job.lock"
-PROGRESS = "progress.json"
 
 
 @dataclass(frozen=True)

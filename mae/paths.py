@@ -1,9 +1,18 @@
-"""Where the project's default stores live: one place, so every room agrees."""
+"""Where things live on disk: the project's default stores and the files of a run's workdir.
+
+One place, so every room agrees (and none needs torch or MLflow to know a file name).
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import unquote
+
+# Files in a run's working directory.
+CHECKPOINT = "checkpoint.pt"  # mae.train.checkpoint: the whole state of a run
+RECONSTRUCTION = "reconstruction.png"  # a pre-training's reconstruction grid
+PROGRESS = "progress.json"  # the last epoch a job reported, for the launcher's display
 
 
 def project_root() -> Path:
@@ -19,3 +28,10 @@ def project_root() -> Path:
 def runs_dir() -> Path:
     """Default root of run working directories (checkpoints, pictures): `<project>/runs`."""
     return Path(os.environ.get("MAE_RUNS_DIR", project_root() / "runs"))
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of `sqlite:///relative.db` or `sqlite:////absolute.db`, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(unquote(uri.removeprefix("sqlite:///").split("?", 1)[0]))

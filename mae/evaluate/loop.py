@@ -2,38 +2,34 @@
 
 A protocol only says what it trains (`Setup`): the model, its optimizer and loss, the three data
 splits and which modules stay frozen. This module runs the epochs, evaluates on the validation
-split after each one, checkpoints `workdir/checkpoint.pt` (model, optimizer, epoch, step, RNG,
-metrics) and finally measures the last epoch's model on the test split, as the official code
-reports its last epoch. A finished run called again returns its stored final numbers.
+split after each one, checkpoints through `mae.train.checkpoint` and finally measures the last
+epoch's model on the test split, as the official code reports its last epoch. A finished run
+called again returns its stored final numbers.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 from timm.data import Mixup
 from torch import nn
 from torch.utils.data import Dataset
 
-from mae.config import EvalCommon, ExperimentConfig, canonical_json, eval_key
+from mae.config import EvalCommon, ExperimentConfig, eval_key
 from mae.data import make_loader
 from mae.logger import MetricLogger, NullLogger
-from mae.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from mae.train.checkpoint import Checkpointer, Progress, capture_rng
 from mae.train.optim import set_lr
-from mae.train.runtime import autocast, progress, resolve_device
+from mae.train.runtime import DistInfo, autocast, prepare, progress, seed_everything
 from mae.train.schedule import lr_at, peak_lr
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass
@@ -49,13 +45,6 @@ class Setup:
     mixup: Mixup | None = None
     frozen: Sequence[nn.Module] = ()
     num_workers: int = 0
-
-
-def seed_everything(seed: int) -> None:
-    """Seed every stream a protocol draws from (init, drop path, augmentation, Mixup's numpy)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def set_train_mode(model: nn.Module, frozen: Sequence[nn.Module]) -> None:
@@ -144,6 +133,34 @@ def evaluate(
     return 100.0 * correct1 / seen, 100.0 * correct5 / seen
 
 
+def run_epoch(
+    stage: str, setup: Setup, hp: EvalCommon, epoch: int, device: torch.device, runtime: Any
+) -> tuple[dict[str, float], int]:
+    """Train one epoch, then measure the validation split: (the epoch's numbers, iterations)."""
+    loss, lr, iters = train_one_epoch(setup, hp, epoch, device, runtime.precision, runtime.progress)
+    top1, top5 = evaluate(
+        setup.model, setup.val_set, hp.batch_size, device, runtime.precision, setup.num_workers
+    )
+    numbers = {
+        f"{stage}/train_loss": loss,
+        f"{stage}/val_top1": top1,
+        f"{stage}/val_top5": top5,
+        f"{stage}/lr": lr,
+    }
+    log.info("%s epoch %d/%d: loss %.4f, val top-1 %.2f", stage, epoch + 1, hp.epochs, loss, top1)
+    return numbers, iters
+
+
+def test_numbers(
+    stage: str, setup: Setup, hp: EvalCommon, device: torch.device, precision: str
+) -> dict[str, float]:
+    """The last epoch's model on the test split (the official code reports its last epoch)."""
+    top1, top5 = evaluate(
+        setup.model, setup.test_set, hp.batch_size, device, precision, setup.num_workers
+    )
+    return {f"{stage}/top1": top1, f"{stage}/top5": top5}
+
+
 def run_protocol(
     stage: str,
     cfg: ExperimentConfig,
@@ -152,82 +169,35 @@ def run_protocol(
     logger: MetricLogger | None = None,
     stop_after_epoch: int | None = None,
 ) -> dict[str, float]:
-    """Train `build(device)` for `cfg.<stage>.epochs`, resuming from `workdir/checkpoint.pt`.
+    """Train `build(device)` for `cfg.<stage>.epochs`, resuming from the run's checkpoint.
 
     Returns the test-split `<stage>/top1`, `<stage>/top5`, `<stage>/wall_time_s` (plus the last
     epoch's validation numbers); a run stopped by `stop_after_epoch` returns that epoch's numbers.
     """
     hp: EvalCommon = getattr(cfg, stage)
     logger = logger or NullLogger()
-    path = Path(workdir) / CHECKPOINT
-    key = eval_key(cfg, stage)
-    state = load_checkpoint(path)
-    if state is not None and state["key"] != key:
-        raise ValueError(f"{path} belongs to another run (key {state['key'][:12]}, not {key[:12]})")
-    if state is not None and "final" in state:
+    checkpointer = Checkpointer(workdir, stage, eval_key(cfg, stage), cfg)
+    state = checkpointer.load() or Progress()
+    if state.final is not None:
         log.info("%s already finished in %s", stage, workdir)
-        return dict(state["final"])
+        return state.final
 
-    started = time.perf_counter()
-    if cfg.runtime.threads:
-        torch.set_num_threads(cfg.runtime.threads)
-    device = resolve_device(cfg.runtime)
-    precision = cfg.runtime.precision
+    device = prepare(cfg.runtime)
     seed_everything(hp.seed)
     setup = build(device)
-    first_epoch, step, spent = 0, 0, 0.0
-    last: dict[str, float] = {}
-    best: dict[str, float] = {}
-    if state is not None:
-        setup.model.load_state_dict(state["model"])
-        setup.optimizer.load_state_dict(state["optimizer"])
-        restore_rng(state["rng"])
-        first_epoch, step, spent = state["epoch"], state["step"], state["wall_time_s"]
-        last, best = state["last"], state["best"]
-        log.info("%s resumes after epoch %d of %d", stage, first_epoch, hp.epochs)
-
-    def snapshot(epoch: int, final: dict[str, float] | None = None) -> None:
-        extra = {} if final is None else {"final": final}
-        save_checkpoint(path, {
-            "stage": stage, "key": key, "config": canonical_json(cfg),
-            "model": setup.model.state_dict(), "optimizer": setup.optimizer.state_dict(),
-            "epoch": epoch, "step": step, "rng": capture_rng(),
-            "wall_time_s": spent + time.perf_counter() - started, "last": last, "best": best,
-            **extra,
-        })  # fmt: skip
-
-    for epoch in range(first_epoch, hp.epochs):
-        train_loss, lr, iters = train_one_epoch(
-            setup, hp, epoch, device, precision, cfg.runtime.progress
-        )
-        step += iters
-        val_top1, val_top5 = evaluate(
-            setup.model, setup.val_set, hp.batch_size, device, precision, setup.num_workers
-        )
-        last = {f"{stage}/train_loss": train_loss, f"{stage}/val_top1": val_top1,
-                f"{stage}/val_top5": val_top5, f"{stage}/lr": lr}  # fmt: skip
-        logger.log_metrics(last, step=epoch + 1)
-        if val_top1 > best.get("val_top1", -1.0):
-            best = {"val_top1": val_top1, "val_top5": val_top5, "epoch": float(epoch + 1)}
-        log.info("%s epoch %d/%d: loss %.4f, val top-1 %.2f", stage, epoch + 1, hp.epochs,
-                 train_loss, val_top1)  # fmt: skip
-        done = epoch + 1
-        if done == stop_after_epoch and done < hp.epochs:
-            snapshot(done)
-            return dict(last)
-        if done % cfg.runtime.checkpoint_every == 0 and done < hp.epochs:
-            snapshot(done)
-
-    top1, top5 = evaluate(
-        setup.model, setup.test_set, hp.batch_size, device, precision, setup.num_workers
-    )
-    final = {
-        f"{stage}/top1": top1,
-        f"{stage}/top5": top5,
-        f"{stage}/wall_time_s": spent + time.perf_counter() - started,
-        f"{stage}/val_top1": last.get(f"{stage}/val_top1", float("nan")),
-        f"{stage}/val_top5": last.get(f"{stage}/val_top5", float("nan")),
-    }
-    snapshot(hp.epochs, final)
-    log.info("%s done: test top-1 %.2f in %.1f s", stage, top1, final[f"{stage}/wall_time_s"])
-    return final
+    if state.epoch:
+        checkpointer.restore(setup.model, setup.optimizer, DistInfo())
+    for epoch in range(state.epoch, hp.epochs):
+        numbers, iters = run_epoch(stage, setup, hp, epoch, device, cfg.runtime)
+        done = state.advance(numbers, iters)
+        logger.log_metrics(numbers, step=done)
+        if done == hp.epochs:
+            last = {k: v for k, v in numbers.items() if "/val_" in k}
+            state.final = {**test_numbers(stage, setup, hp, device, cfg.runtime.precision), **last}
+            state.final[f"{stage}/wall_time_s"] = checkpointer.elapsed(state)
+            log.info("%s done: test top-1 %.2f", stage, state.final[f"{stage}/top1"])
+        if state.final or done == stop_after_epoch or done % cfg.runtime.checkpoint_every == 0:
+            checkpointer.save(setup.model, setup.optimizer, state, [capture_rng()])
+        if done == stop_after_epoch:
+            break
+    return state.final or dict(state.history[-1])

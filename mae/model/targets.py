@@ -41,10 +41,12 @@ def reduce_patches(per_patch: torch.Tensor, mask: torch.Tensor, loss_on: LossOn)
 
 
 class Target(nn.Module):
-    """Base of every target. Trainers call `fit` once, before training, when `needs_fit`."""
+    """Base of every target. Trainers call `fit` once, before training, when `needs_fit`;
+    pictures call `to_pixels` on targets that are `invertible`."""
 
     out_dim: int
     needs_fit: bool = False
+    invertible: bool = False
 
     def fit(self, patches: torch.Tensor) -> None:
         """Learn whatever the target needs from (M, p*p*C) training patches; nothing by default."""
@@ -56,6 +58,10 @@ class Target(nn.Module):
         self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, loss_on: LossOn
     ) -> torch.Tensor:
         raise NotImplementedError
+
+    def to_pixels(self, pred: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """Predictions (N, L, out_dim) back to patch pixels, given the true `patches`."""
+        raise NotImplementedError(f"{type(self).__name__} predictions are not pixels")
 
 
 class RegressionTarget(Target):
@@ -71,6 +77,8 @@ class RegressionTarget(Target):
 class PixelTarget(RegressionTarget):
     """Raw patch pixels (Table 1 default, 'w/o norm')."""
 
+    invertible = True
+
     def __init__(self, patch_dim: int):
         super().__init__()
         self.out_dim = patch_dim
@@ -78,19 +86,34 @@ class PixelTarget(RegressionTarget):
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         return patches
 
+    def to_pixels(self, pred: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        return pred
+
 
 class NormPixelTarget(RegressionTarget):
     """Pixels normalised per patch by their mean and unbiased variance (`--norm_pix_loss`)."""
+
+    invertible = True
 
     def __init__(self, patch_dim: int, eps: float = 1e-6):
         super().__init__()
         self.out_dim = patch_dim
         self.eps = eps
 
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+    def _stats(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each patch's mean and standard deviation (unbiased variance + eps, as official)."""
         mean = patches.mean(dim=-1, keepdim=True)
-        var = patches.var(dim=-1, keepdim=True)
-        return (patches - mean) / (var + self.eps) ** 0.5
+        return mean, (patches.var(dim=-1, keepdim=True) + self.eps) ** 0.5
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        mean, std = self._stats(patches)
+        return (patches - mean) / std
+
+    def to_pixels(self, pred: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """Undo the normalisation with each true patch's own statistics, as the official
+        visualisation notebook does."""
+        mean, std = self._stats(patches)
+        return pred * std + mean
 
 
 TARGETS: dict[str, Callable[[TargetConfig, int], Target]] = {

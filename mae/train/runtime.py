@@ -1,4 +1,4 @@
-"""Where and how a run executes: device, precision, progress bars and process groups.
+"""Where and how a run executes: threads, device, precision, seeds, progress bars, process groups.
 
 None of this changes results on the CPU, which is why `cfg.runtime` is outside content keys.
 """
@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
@@ -19,6 +21,20 @@ from tqdm.auto import tqdm
 from mae.config import RuntimeConfig
 
 T = TypeVar("T")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every global stream a run draws from (init, masks, augmentation, Mixup's numpy)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def prepare(runtime: RuntimeConfig, local_rank: int = 0) -> torch.device:
+    """Set this process's CPU threads and return the device its run uses."""
+    if runtime.threads:
+        torch.set_num_threads(runtime.threads)
+    return resolve_device(runtime, local_rank)
 
 
 def resolve_device(runtime: RuntimeConfig, local_rank: int = 0) -> torch.device:

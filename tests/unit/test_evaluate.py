@@ -316,7 +316,7 @@ def test_logged_metrics_and_scratch_needs_no_checkpoint(tmp_path: Path) -> None:
 
 def test_workdir_of_another_run_is_refused(tmp_path: Path) -> None:
     run_eval("scratch", micro(**{"scratch.epochs": 1}), None, tmp_path)
-    with pytest.raises(ValueError, match="belongs to another run"):
+    with pytest.raises(ValueError, match="belongs to scratch run"):
         run_eval("scratch", micro(**{"scratch.epochs": 2}), None, tmp_path)
     with pytest.raises(ValueError, match="unknown evaluation stage"):
         run_eval("pretrain", micro(), None, tmp_path)

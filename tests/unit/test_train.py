@@ -131,7 +131,7 @@ def test_stop_and_resume_is_bit_identical(tmp_path):
 
 def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
     pretrain(micro_cfg(), tmp_path, stop_after_epoch=1)
-    with pytest.raises(ValueError, match="belongs to pre-training"):
+    with pytest.raises(ValueError, match="belongs to pretrain run"):
         pretrain(micro_cfg(**{"masking.ratio": 0.5}), tmp_path)
 
 
@@ -145,11 +145,12 @@ def test_gradient_accumulation_matches_one_big_batch():
         torch.manual_seed(0)
         model = build_mae(cfg)
         start[accum] = {k: v.clone() for k, v in model.state_dict().items()}
-        run = Run(cfg, torch.device("cpu"), DistInfo(), lr=1e-2, micro_batches=accum)
         loader = make_loader(dataset, 64, True, seed=0, epoch=0, drop_last=True)
         sgd = torch.optim.SGD(model.parameters(), lr=0.0)
+        cpu = torch.device("cpu")
+        run = Run(cfg, cpu, DistInfo(), 1e-2, accum, model, model, sgd, dataset, batch=64)
         torch.manual_seed(1)  # same augmentation and masks for both
-        train_one_epoch(model, sgd, torch.amp.GradScaler("cpu", enabled=False), loader, 0, run)
+        train_one_epoch(run, loader, 0)
         weights[accum] = model.state_dict()
     moved = max((weights[1][k] - start[1][k]).abs().max().item() for k in start[1])
     gap = max((weights[1][k] - weights[2][k]).abs().max().item() for k in start[1])

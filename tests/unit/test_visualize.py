@@ -12,7 +12,7 @@ from mae.config import apply_overrides, validate_config
 from mae.data import dataset_info
 from mae.model import build_mae
 from mae.train.checkpoint import save_checkpoint
-from mae.visualize import (
+from mae.train.visualize import (
     preview_images,
     reconstruct,
     reconstruction_from_checkpoint,

@@ -1,10 +1,9 @@
 """Reconstruction pictures as in the paper's Figs. 2-3, for a model in memory or any checkpoint.
 
 Each row shows one image four ways: original | masked (masked patches grey) | reconstruction |
-reconstruction with the visible patches pasted back. Predictions of a `norm_pixel` model are
-brought back to pixels with each patch's own mean and variance taken from the original, as the
-official visualisation notebook does; everything is then de-normalised with the data set's
-mean/std and drawn, upscaled without smoothing so that patches stay sharp.
+reconstruction with the visible patches pasted back. The model's target brings its predictions back
+to pixels (`Target.to_pixels`); everything is then de-normalised with the data set's mean/std and
+drawn, upscaled without smoothing so that patches stay sharp.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from torch import Tensor
 from mae.config import ExperimentConfig, apply_overrides, validate_config
 from mae.data import dataset_info, pretrain_set
 from mae.model import MaskedAutoencoder, build_mae
-from mae.model.targets import NormPixelTarget, PixelTarget
 from mae.train.checkpoint import load_checkpoint
 
 COLUMNS = ("original", "masked", "recon", "recon+visible")
@@ -42,8 +40,8 @@ def grid_size(n: int, side: int) -> tuple[int, int]:
 
 
 def can_draw(model: MaskedAutoencoder) -> bool:
-    """Whether the model predicts pixels (raw or per-patch normalised) that can be drawn."""
-    return isinstance(model.target, PixelTarget | NormPixelTarget)
+    """Whether the model's predictions can be brought back to pixels and drawn."""
+    return model.target.invertible
 
 
 @torch.no_grad()
@@ -55,9 +53,8 @@ def reconstruct(
     The mask is drawn from its own generator seeded with `seed`, so a training run's RNG streams
     are untouched and the same checkpoint always gives the same picture.
     """
-    target = model.target
     if not can_draw(model):
-        raise ValueError(f"cannot draw predictions of a {type(target).__name__}: not pixels")
+        raise ValueError(f"cannot draw predictions of a {type(model.target).__name__}")
     device = next(model.parameters()).device
     images = images.to(device)
     was_training = model.training
@@ -65,12 +62,7 @@ def reconstruct(
     out = model(images, mask_ratio=mask_ratio, generator=torch.Generator().manual_seed(seed))
     model.train(was_training)
 
-    pred = out.pred.float()
-    if isinstance(target, NormPixelTarget):
-        patches = model.patchify(images)
-        mean = patches.mean(dim=-1, keepdim=True)
-        var = patches.var(dim=-1, keepdim=True)
-        pred = pred * (var + target.eps) ** 0.5 + mean
+    pred = model.target.to_pixels(out.pred.float(), model.patchify(images))
     recon = model.unpatchify(pred)
     patch_dim = pred.shape[-1]
     mask = model.unpatchify(out.mask.float().unsqueeze(-1).expand(-1, -1, patch_dim))
