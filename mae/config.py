@@ -10,12 +10,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mae.schema import ConfigError, Schema, schema_error
 
 Sampler = Literal["random", "block", "grid"]
 TargetKind = Literal["pixel", "norm_pixel", "pca", "dvae"]
@@ -27,8 +28,8 @@ EVAL_STAGES: tuple[str, ...] = ("finetune", "linprobe", "partial", "scratch")
 # Targets whose implementation has not landed yet: planning marks their runs unavailable (and says
 # why) instead of launching or silently skipping them.
 UNAVAILABLE_TARGETS: dict[str, str] = {
-    "pca": "PCA-coefficient targets arrive with issue [5/8]",
-    "dvae": "dVAE-token targets arrive with issue [5/8]",
+    "pca": "the PCA-coefficient target is not implemented yet",
+    "dvae": "the dVAE-token target is not implemented yet",
 }
 
 # The config paths that the paper's tables vary. Every run records a paper label for each of them
@@ -53,7 +54,7 @@ DATASET_FACTS: dict[str, tuple[int, int, int]] = {
 }
 
 
-class Section(BaseModel):
+class Section(Schema):
     """A config section: unknown keys are errors, assignments are re-validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
@@ -268,8 +269,8 @@ class ExperimentConfig(Section):
         return (self.image_side // self.encoder.patch_size) ** 2
 
 
-# Paper presets (paper_reference.md §5.5) and small ones for CPU. All paper models use the
-# 512-d, 8-block, 16-head decoder.
+# Paper presets (the official models_mae.py / models_vit.py) and small ones for CPU. All paper
+# models use the 512-d, 8-block, 16-head decoder.
 _PAPER_DECODER = {"width": 512, "depth": 8, "heads": 16}
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "vit_b16": {
@@ -295,79 +296,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-# --------------------------------------------------------------------------- errors
-
-
-class ConfigError(ValueError):
-    """A bad config value in one line: where, which dotted key, what value, what is allowed."""
-
-    def __init__(self, source: str, key: str, value: Any, allowed: str):
-        self.source, self.key, self.value, self.allowed = source, key, value, allowed
-        super().__init__(f"{source}: {key}: got {value!r}; {allowed}")
-
-
-def _allowed_for(cls: type[BaseModel], path: tuple[str | int, ...], msg: str) -> str:
-    """Describe what a field accepts, for the error line."""
-    model: Any = cls
-    field = None
-    for part in path:
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            break
-        field = model.model_fields.get(str(part))
-        if field is None:
-            allowed = ", ".join(sorted(model.model_fields))
-            return f"unknown key; allowed keys here: {allowed}"
-        model = field.annotation
-    if field is None:
-        return msg
-    hint = msg
-    ann = field.annotation
-    literal = getattr(ann, "__args__", None)
-    if getattr(ann, "__origin__", None) is Literal and literal:
-        hint = "allowed: " + " | ".join(map(str, literal))
-    bounds = [
-        f"{name} {getattr(m, name)}"
-        for m in field.metadata
-        for name in ("ge", "gt", "le", "lt")
-        if getattr(m, name, None) is not None
-    ]
-    if bounds:
-        hint = f"{msg} (allowed: {', '.join(bounds)})"
-    return hint
-
-
-def _lookup(data: Any, path: Iterable[str | int]) -> Any:
-    for part in path:
-        if isinstance(data, Mapping) and part in data:
-            data = data[part]
-        else:
-            return "<missing>"
-    return data
-
-
 def validate_config(data: Mapping[str, Any], source: str = "<config>") -> ExperimentConfig:
-    """Build an ExperimentConfig from nested data, turning pydantic errors into ConfigError."""
+    """Build an ExperimentConfig from nested data; a problem is one ConfigError line."""
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        path = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
-        key = ".".join(map(str, path)) or "<root>"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            parent = path[:-1]
-            allowed = (
-                _allowed_for(ExperimentConfig, parent + ("\0",), msg)
-                if parent
-                else (
-                    "unknown key; allowed keys here: "
-                    + ", ".join(sorted(ExperimentConfig.model_fields))
-                )
-            )
-            raise ConfigError(source, key, _lookup(data, path), allowed) from None
-        raise ConfigError(
-            source, key, _lookup(data, path), _allowed_for(ExperimentConfig, path, msg)
-        ) from None
+        raise schema_error(exc, data, source, ExperimentConfig) from None
 
 
 # --------------------------------------------------------------------------- overrides
@@ -421,27 +355,35 @@ def flatten_dict(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file; syntax errors become ConfigError naming the file and line."""
-    path = Path(path)
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "<yaml>"
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(
-            str(path), where, "<unparseable>", f"YAML syntax error: {problem}"
-        ) from None
-    except OSError as exc:
-        raise ConfigError(str(path), "<file>", str(path), f"cannot read: {exc.strerror}") from None
-
-
 # --------------------------------------------------------------------------- canonical form, keys
 
-# Sections that change a pre-trained encoder. `runtime` never changes results; evaluation sections
-# belong to evaluation keys.
-PRETRAIN_SECTIONS = ("encoder", "decoder", "masking", "target", "data", "pretrain")
+# The sections each stage's content key hashes: what changes its result. `runtime` never does. A
+# preset (`model`) is not hashed itself: it has expanded into `encoder` and `decoder` by then. An
+# evaluation's key also hashes its pre-training's key; scratch has no pre-training, so the
+# architecture and data it trains on are its own.
+KEY_SECTIONS: dict[str, tuple[str, ...]] = {
+    "pretrain": ("encoder", "decoder", "masking", "target", "data", "pretrain"),
+    "finetune": ("finetune",),
+    "linprobe": ("linprobe",),
+    "partial": ("partial",),
+    "scratch": ("scratch", "encoder", "data"),
+}
+PRESET_SECTIONS = ("encoder", "decoder")  # what `model.preset` fills
+
+
+def depends_on_pretraining(stage: str) -> bool:
+    return stage not in ("pretrain", "scratch")
+
+
+def affects(stage: str, key: str) -> bool:
+    """Does the dotted config `key` change the result (and so the content key) of `stage`?"""
+    sections = KEY_SECTIONS[stage]
+    if depends_on_pretraining(stage):
+        sections += KEY_SECTIONS["pretrain"]
+    section = key.split(".", 1)[0]
+    if section == "model":
+        return any(s in sections for s in PRESET_SECTIONS)
+    return section in sections
 
 
 def canonical_json(obj: Any) -> str:
@@ -451,37 +393,22 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+def run_key(cfg: ExperimentConfig, stage: str) -> str:
+    """Content key of a run: the hash of the sections `stage` depends on (`KEY_SECTIONS`) and,
+    for an evaluation of a pre-training, of that pre-training's key."""
+    if stage not in KEY_SECTIONS:
+        raise ValueError(f"unknown stage {stage!r}; allowed: {', '.join(KEY_SECTIONS)}")
+    dumped = cfg.model_dump(mode="json")
+    payload: dict[str, Any] = {section: dumped[section] for section in KEY_SECTIONS[stage]}
+    if stage != "pretrain":
+        payload["stage"] = stage
+    if depends_on_pretraining(stage):
+        payload["pretrain_key"] = pretrain_key(cfg)
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
 def pretrain_key(cfg: ExperimentConfig) -> str:
-    """Content key of a pre-training: the hash of every section that shapes the encoder."""
-    dumped = cfg.model_dump(mode="json")
-    return _sha(canonical_json({s: dumped[s] for s in PRETRAIN_SECTIONS}))
-
-
-def eval_payload(cfg: ExperimentConfig, stage: str) -> dict[str, Any]:
-    """What an evaluation's result depends on besides its pre-training."""
-    if stage not in EVAL_STAGES:
-        raise ValueError(f"unknown evaluation stage {stage!r}; allowed: {', '.join(EVAL_STAGES)}")
-    dumped = cfg.model_dump(mode="json")
-    payload: dict[str, Any] = {"stage": stage, stage: dumped[stage]}
-    if stage == "scratch":  # no pre-training: the architecture and data are its inputs
-        payload.update(encoder=dumped["encoder"], data=dumped["data"])
-    return payload
-
-
-def eval_key(cfg: ExperimentConfig, stage: str) -> str:
-    """Content key of an evaluation: (pre-training key, eval config); scratch has none."""
-    payload = eval_payload(cfg, stage)
-    if stage != "scratch":
-        payload["pretrain_key"] = pretrain_key(cfg)
-    return _sha(canonical_json(payload))
-
-
-def run_key(cfg: ExperimentConfig, stage: str) -> str:
-    return pretrain_key(cfg) if stage == "pretrain" else eval_key(cfg, stage)
+    return run_key(cfg, "pretrain")
 
 
 def flatten_config(cfg: ExperimentConfig) -> dict[str, str]:
@@ -490,7 +417,3 @@ def flatten_config(cfg: ExperimentConfig) -> dict[str, str]:
         k: json.dumps(v) if isinstance(v, list | tuple) else str(v)
         for k, v in flatten_dict(cfg.model_dump(mode="json")).items()
     }
-
-
-def default_config() -> ExperimentConfig:
-    return ExperimentConfig()

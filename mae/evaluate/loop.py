@@ -21,7 +21,7 @@ from timm.data import Mixup
 from torch import nn
 from torch.utils.data import Dataset
 
-from mae.config import EvalCommon, ExperimentConfig, eval_key
+from mae.config import EvalCommon, ExperimentConfig, run_key
 from mae.data import make_loader
 from mae.logger import MetricLogger, NullLogger
 from mae.train.checkpoint import Checkpointer, Progress, capture_rng
@@ -176,7 +176,7 @@ def run_protocol(
     """
     hp: EvalCommon = getattr(cfg, stage)
     logger = logger or NullLogger()
-    checkpointer = Checkpointer(workdir, stage, eval_key(cfg, stage), cfg)
+    checkpointer = Checkpointer(workdir, stage, run_key(cfg, stage), cfg)
     state = checkpointer.load() or Progress()
     if state.final is not None:
         log.info("%s already finished in %s", stage, workdir)

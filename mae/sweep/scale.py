@@ -8,15 +8,16 @@ A label mapped to `null` has no counterpart at that scale: its runs are planned 
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
+from pydantic import ConfigDict
 
-from mae.config import ConfigError, flatten_dict, load_yaml, validate_config
+from mae.config import flatten_dict, validate_config
 from mae.paths import project_root
+from mae.schema import ConfigError, YamlFile, load_model, resolve_named
 
 
 def scales_dir() -> Path:
@@ -44,7 +45,7 @@ def label_str(value: Any) -> str:
     return str(value)
 
 
-class Scale(BaseModel):
+class Scale(YamlFile):
     """One `studies/scales/<name>.yaml`: base config (scale values) and paper-label maps."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -53,11 +54,6 @@ class Scale(BaseModel):
     description: str = ""
     config: dict[str, Any] = {}
     maps: dict[str, dict[Any, Any]] = {}
-    _source: str = PrivateAttr("<scale>")
-
-    @property
-    def source(self) -> str:
-        return self._source
 
     def lookup(self, key: str, label: Any) -> tuple[bool, Any]:
         """(available, scale value) of a paper label; labels outside the map pass through."""
@@ -77,29 +73,14 @@ class Scale(BaseModel):
         return value
 
 
+def _unknown_scale(name: str) -> ConfigError:
+    return ConfigError("--scale", "scale", name, "allowed: " + " | ".join(available_scales()))
+
+
 def load_scale(name_or_path: str | Path) -> Scale:
     """Load and check a scale: a bare name resolves to `studies/scales/<name>.yaml`."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = scales_dir() / f"{name_or_path}.yaml"
-        if not path.exists():
-            raise ConfigError(
-                "--scale", "scale", str(name_or_path), "allowed: " + " | ".join(available_scales())
-            )
-    source = str(path)
-    raw = load_yaml(path)
-    if not isinstance(raw, Mapping):
-        raise ConfigError(
-            source, "<root>", raw, "a scale file is a mapping with name, config, maps"
-        )
-    try:
-        scale = Scale.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(map(str, err["loc"])) or "<root>"
-        allowed = "allowed keys: " + ", ".join(Scale.model_fields)
-        raise ConfigError(source, key, err.get("input"), f"{err['msg']}; {allowed}") from None
-    scale._source = source
+    path = resolve_named(name_or_path, scales_dir(), "scale", _unknown_scale)
+    scale = load_model(path, Scale, "a scale file is a mapping with name, config, maps")
     _check(scale)
     return scale
 

@@ -23,22 +23,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    StrictInt,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import ConfigDict, Field, StrictInt, field_validator, model_validator
 
-from mae.config import EVAL_STAGES, ConfigError, flatten_dict, load_yaml
+from mae.config import EVAL_STAGES, flatten_dict
 from mae.paths import project_root
-from mae.sweep.scale import Scale, available_scales, load_scale
-
-__all__ = ["Evaluation", "StudySpec", "available_studies", "load_scale", "load_study"]
+from mae.schema import (
+    ConfigError,
+    Problem,
+    Schema,
+    YamlFile,
+    load_yaml,
+    resolve_named,
+    validate_model,
+)
+from mae.sweep.scale import available_scales
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -54,14 +52,6 @@ EXPECTED = {
     "seeds": "a list of distinct non-negative integers, e.g. [0, 1, 2]",
     "overrides": "a mapping {dotted.key: value}",
 }
-
-
-class Problem(ValueError):
-    """Raised inside validators: carries the exact dotted key, later given its file."""
-
-    def __init__(self, key: str, value: Any, allowed: str):
-        self.key, self.value, self.allowed = key, value, allowed
-        super().__init__(f"{key}: got {value!r}; {allowed}")
 
 
 def studies_dir() -> Path:
@@ -96,7 +86,7 @@ def _non_empty_unique(values: Any, where: str) -> list[Any]:
     return values
 
 
-class Evaluation(BaseModel):
+class Evaluation(Schema):
     """One evaluation protocol, optionally swept over keys of its own section (partial's k)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -127,7 +117,7 @@ def _parse_evaluation(item: Any, i: int) -> Evaluation:
     return Evaluation(stage=stage, grid=axes)
 
 
-class StudySpec(BaseModel):
+class StudySpec(YamlFile):
     """A validated study file (paths and values are the paper's; the scale maps them)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -141,12 +131,14 @@ class StudySpec(BaseModel):
     evaluations: list[Evaluation] = []
     seeds: list[StrictInt] = [0]
     overrides: dict[str, Any] = {}
-    _source: str = PrivateAttr("<study>")
 
-    @property
-    def source(self) -> str:
-        """The file the study came from (for error lines at planning time)."""
-        return self._source
+    @classmethod
+    def unknown_key_hint(cls) -> str:
+        return "unknown key; allowed keys: " + ", ".join(cls.model_fields)
+
+    @classmethod
+    def expected(cls, field: str) -> str:
+        return EXPECTED.get(field, "")
 
     @field_validator("scale")
     @classmethod
@@ -228,75 +220,19 @@ class StudySpec(BaseModel):
         return self
 
 
-def _located(loc: tuple[Any, ...]) -> str:
-    """('cases', 1, 'masking.ratio') -> 'cases[1].masking.ratio'."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "<root>"
-
-
-def _lookup(raw: Any, loc: tuple[Any, ...]) -> Any:
-    for part in loc:
-        try:
-            raw = raw[part]
-        except (KeyError, IndexError, TypeError):
-            return "<missing>"
-    return raw
+def _unknown_study(name: str) -> ConfigError:
+    return ConfigError(
+        name, "<study>", name, "no such study; available: " + ", ".join(available_studies())
+    )
 
 
 def parse_study(raw: Any, source: str, default_name: str) -> StudySpec:
     """Validate already-parsed YAML; every failure is one ConfigError line about `source`."""
-    if not isinstance(raw, Mapping):
-        raise ConfigError(
-            source, "<root>", raw, "a study file is a mapping: " + ", ".join(EXPECTED)
-        )
-    raw = {"name": default_name, **raw}
-    try:
-        spec = StudySpec.model_validate(raw)
-    except ValidationError as exc:
-        raise _config_error(exc, raw, source) from None
-    spec._source = source
-    return spec
-
-
-def _config_error(exc: ValidationError, raw: Mapping[str, Any], source: str) -> ConfigError:
-    err = exc.errors()[0]
-    problem = (err.get("ctx") or {}).get("error")
-    if isinstance(problem, Problem):
-        return ConfigError(source, problem.key, problem.value, problem.allowed)
-    loc = tuple(err["loc"])
-    if err["type"] == "extra_forbidden":
-        allowed = "unknown key; allowed keys: " + ", ".join(StudySpec.model_fields)
-        return ConfigError(source, _located(loc), _lookup(raw, loc), allowed)
-    msg = err["msg"].removeprefix("Value error, ")
-    expected = EXPECTED.get(str(loc[0]), "") if loc else ""
-    allowed = f"{msg}; expected {expected}" if expected else msg
-    return ConfigError(source, _located(loc), _lookup(raw, loc), allowed)
-
-
-def resolve_study_path(name_or_path: str | Path) -> Path:
-    """A bare name is `studies/<name>.yaml`; anything with a suffix or a slash is a path."""
-    text = str(name_or_path)
-    path = Path(text)
-    if path.suffix in (".yaml", ".yml") or "/" in text:
-        if not path.exists():
-            raise ConfigError(text, "<file>", text, "no such study file")
-        return path
-    path = studies_dir() / f"{text}.yaml"
-    if not path.exists():
-        raise ConfigError(
-            text, "<study>", text, "no such study; available: " + ", ".join(available_studies())
-        )
-    return path
+    shape = "a study file is a mapping: " + ", ".join(EXPECTED)
+    return validate_model(raw, source, StudySpec, shape, defaults={"name": default_name})
 
 
 def load_study(name_or_path: str | Path) -> StudySpec:
     """Load and validate a study file by name (`studies/<name>.yaml`) or path."""
-    path = resolve_study_path(name_or_path)
+    path = resolve_named(name_or_path, studies_dir(), "study", _unknown_study)
     return parse_study(load_yaml(path), str(path), default_name=path.stem)
-
-
-def scale_for(spec: StudySpec, name: str | None = None) -> Scale:
-    """The scale a study runs at: `--scale` if given, else the study's default."""
-    return load_scale(name or spec.scale)
