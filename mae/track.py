@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import mlflow
 import pandas as pd
@@ -26,7 +25,7 @@ import sqlalchemy
 from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
-from mae.paths import project_root
+from mae.paths import project_root, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -76,19 +75,12 @@ def experiment_name(scale: str) -> str:
     return f"{EXPERIMENT_PREFIX}{scale}"
 
 
-def _sqlite_path(uri: str) -> Path | None:
-    """The database file of `sqlite:///relative.db` or `sqlite:////absolute.db`."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(unquote(uri.removeprefix("sqlite:///").split("?", 1)[0]))
-
-
 def artifact_location(uri: str) -> str | None:
     """Where a new experiment keeps its artifacts: `mlartifacts/` next to a SQLite file, the
     project's `mlartifacts/` for other databases, the server's own choice for an HTTP store."""
     if uri.startswith(("http://", "https://", "databricks")):
         return None
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     base = db.resolve().parent if db else project_root()
     return (base / "mlartifacts").as_uri()
 
@@ -125,7 +117,7 @@ def init_store(uri: str, scale: str) -> str:
     """Create the store's schema and the scale's experiment (once, before any job starts: fresh
     SQLite stores race on schema migration) and return the experiment id."""
     _check_reachable(uri)
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is not None and not db.resolve().parent.is_dir():
         raise TrackingError(
             f"bad tracking URI {uri}: directory {db.resolve().parent} does not exist"
@@ -357,9 +349,6 @@ class MlflowLogger:
         """The run's result under `final/<name>`: search_runs reports the latest value of a metric,
         so tables read these keys instead of a per-epoch series."""
         self.log_metrics({f"final/{k}": v for k, v in metrics.items()}, step)
-
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        self._client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
         self._client.log_dict(self.run_id, dict(data), artifact_file)

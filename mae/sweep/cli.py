@@ -18,11 +18,12 @@ from pathlib import Path
 from tabulate import tabulate
 
 from mae import track
-from mae.config import ConfigError
+from mae.schema import ConfigError
 from mae.sweep import launch as launcher
 from mae.sweep.plan import Plan, mark_shared, plan_study, with_status
-from mae.sweep.scale import Scale
-from mae.sweep.spec import StudySpec, available_studies, load_scale, load_study
+from mae.sweep.profile import IN_PROCESS, load_profile
+from mae.sweep.scale import Scale, load_scale
+from mae.sweep.spec import StudySpec, available_studies, load_study
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,8 @@ def parse_seeds(text: str | None) -> list[int] | None:
 
 def check_cluster(name: str) -> None:
     """`local`, `debug`, or a Slurm profile that exists and validates."""
-    if name not in launcher.IN_PROCESS:
-        launcher.load_profile(name)
+    if name not in IN_PROCESS:
+        load_profile(name)
 
 
 def prepare(args: argparse.Namespace) -> tuple[StudySpec, Scale, Plan]:

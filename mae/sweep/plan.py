@@ -20,24 +20,22 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote
 
 from mae.config import (
     EVAL_STAGES,
-    PRETRAIN_SECTIONS,
     TABLE_AXES,
     UNAVAILABLE_TARGETS,
-    ConfigError,
     ExperimentConfig,
+    affects,
     apply_overrides,
     canonical_json,
-    eval_key,
     parse_override,
-    pretrain_key,
+    run_key,
     validate_config,
 )
+from mae.paths import sqlite_path
+from mae.schema import ConfigError
 from mae.sweep.scale import Scale, label_str
 from mae.sweep.spec import Evaluation, StudySpec
 
@@ -82,16 +80,8 @@ class Plan:
     tracking_uri: str | None = None
     experiment_id: str | None = None
 
-    def by_key(self) -> dict[str, PlannedRun]:
-        return {run.key: run for run in self.runs}
-
     def counts(self) -> Counter[str]:
         return Counter(run.status for run in self.runs)
-
-    def pending(self, retry_failed: bool = False) -> list[PlannedRun]:
-        """Runs a launch would start: new and resumable ones, failed ones when retried."""
-        wanted = {"new", "resumable", *(("failed",) if retry_failed else ())}
-        return [run for run in self.runs if run.status in wanted]
 
 
 @dataclass(frozen=True)
@@ -239,20 +229,6 @@ def _check_roots(cfg: ExperimentConfig, settings: Mapping[str, Setting], scale: 
 # --------------------------------------------------------------------------- planning
 
 
-def _section(key: str) -> str:
-    return key.split(".", 1)[0]
-
-
-def _affects(stage: str, key: str) -> bool:
-    """Does a config key change a run of this stage (mirrors what its content key hashes)?"""
-    section = _section(key)
-    if stage == "scratch":
-        return section in ("scratch", "encoder", "data", "model")
-    if section in EVAL_STAGES:
-        return section == stage
-    return section in (*PRETRAIN_SECTIONS, "model")
-
-
 def _translate(
     settings: Mapping[str, Setting], scale: Scale
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -272,7 +248,7 @@ def _unavailable_reason(
     stage: str, cfg: ExperimentConfig, missing: Mapping[str, Any], scale: Scale
 ) -> str | None:
     for key, label in missing.items():
-        if _affects(stage, key):
+        if affects(stage, key):
             return f"{key}={label_str(label)} has no counterpart at scale {scale.name} (its maps)"
     if stage != "scratch" and cfg.target.kind in UNAVAILABLE_TARGETS:
         return UNAVAILABLE_TARGETS[cfg.target.kind]
@@ -359,7 +335,7 @@ class _Builder:
         if reason is not None:
             key = _placeholder_key(self.spec.name, name)
         else:
-            key = pretrain_key(cfg) if stage == "pretrain" else eval_key(cfg, stage)
+            key = run_key(cfg, stage)
         run = PlannedRun(
             key=key,
             stage=stage,
@@ -436,9 +412,8 @@ def plan_study(
 
 def store_exists(uri: str) -> bool:
     """Planning reads a store but never creates one (opening a SQLite URI creates its file)."""
-    if uri.startswith("sqlite:///"):
-        return Path(unquote(uri.removeprefix("sqlite:///").split("?", 1)[0])).exists()
-    return True
+    db = sqlite_path(uri)
+    return db is None or db.exists()
 
 
 def with_status(plan: Plan) -> Plan:
