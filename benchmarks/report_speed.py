@@ -23,7 +23,7 @@ from pathlib import Path
 import mlflow
 from mlflow.entities import Metric, Param
 
-from mae.config import TABLE_AXES, default_config, flatten_config
+from mae.config import TABLE_AXES, ExperimentConfig, flatten_config
 from mae.report.definitions import DEFINITIONS, TABLE1_DEFAULTS
 from mae.track import experiment_name, init_store
 
@@ -49,7 +49,7 @@ def _label_sets() -> list[dict]:
 def build_store(uri: str, runs: int) -> None:
     experiment_id = init_store(uri, SCALE)
     client = mlflow.MlflowClient(uri)
-    base = flatten_config(default_config())
+    base = flatten_config(ExperimentConfig())
     rng = random.Random(0)
     cells = _label_sets()
     now = int(time.time() * 1000)

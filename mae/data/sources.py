@@ -99,10 +99,6 @@ class RawSplits:
     channels: int
     image_size: int | None
 
-    @property
-    def in_memory(self) -> bool:
-        return isinstance(self.train, TensorImages)
-
 
 # --------------------------------------------------------------------------- Fashion-MNIST
 

@@ -1,4 +1,4 @@
-"""End-to-end fine-tuning, the official `main_finetune.py` recipe (paper_reference.md §5.2).
+"""End-to-end fine-tuning, the official `main_finetune.py` recipe (paper A.1, Table 9).
 
 Layer-wise lr decay (timm's BEiT-style groups: patch embedding, class token and position
 embedding at the smallest scale, the head at 1), AdamW, warmup + cosine per iteration,

@@ -1,4 +1,4 @@
-"""Linear probing, the official `main_linprobe.py` recipe (paper_reference.md §5.3).
+"""Linear probing, the official `main_linprobe.py` recipe (paper A.1, Table 10).
 
 The encoder is frozen and sees whole images (no masking, no shuffle, eval mode: the same batch
 gives the same features bit for bit). The probe is BatchNorm1d without affine parameters
@@ -73,19 +73,13 @@ def encode(
 
 def probe_optimizer(head: nn.Module, hp: LinprobeConfig, lr: float) -> torch.optim.Optimizer:
     """LARS (or SGD) with momentum 0.9; decay and trust ratio only on matrices."""
-    matrices = [p for p in head.parameters() if p.ndim > 1]
-    vectors = [p for p in head.parameters() if p.ndim <= 1]
-    if hp.optimizer == "lars":
-        return Lars(
-            [{"params": matrices, "weight_decay": hp.weight_decay, "always_adapt": True},
-             {"params": vectors, "weight_decay": 0.0, "always_adapt": False}],
-            lr=lr, momentum=LARS_MOMENTUM, trust_coeff=LARS_TRUST,
-        )  # fmt: skip
-    return torch.optim.SGD(
-        [{"params": matrices, "weight_decay": hp.weight_decay},
-         {"params": vectors, "weight_decay": 0.0}],
-        lr=lr, momentum=LARS_MOMENTUM,
-    )  # fmt: skip
+    params = list(head.parameters())
+    matrices = {"params": [p for p in params if p.ndim > 1], "weight_decay": hp.weight_decay}
+    vectors = {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD([matrices, vectors], lr=lr, momentum=LARS_MOMENTUM)
+    groups = [{**matrices, "always_adapt": True}, {**vectors, "always_adapt": False}]
+    return Lars(groups, lr=lr, momentum=LARS_MOMENTUM, trust_coeff=LARS_TRUST)
 
 
 def linprobe_setup(
@@ -105,10 +99,8 @@ def linprobe_setup(
         )
         return Setup(head, optimizer, criterion, train, val, test)
     model = nn.Sequential(encoder, head)
-    return Setup(
-        model, optimizer, criterion, sets.train, sets.val, sets.test,
-        frozen=(encoder,), num_workers=cfg.runtime.num_workers,
-    )  # fmt: skip
+    workers = cfg.runtime.num_workers
+    return Setup(model, optimizer, criterion, *sets[:3], frozen=(encoder,), num_workers=workers)
 
 
 def linprobe(

@@ -17,7 +17,7 @@ Encoder parameter names are those of timm's `VisionTransformer`, so fine-tuning 
 from __future__ import annotations
 
 from functools import partial
-from typing import Literal, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 from timm.layers import PatchEmbed
@@ -98,6 +98,16 @@ class MaskTokenEncoder:
         return x
 
 
+NORM = partial(nn.LayerNorm, eps=1e-6)  # official: LayerNorm with eps 1e-6 everywhere
+
+
+def _blocks(width: int, heads: int, mlp_ratio: float, depth: int) -> nn.Sequential:
+    """`depth` timm Transformer blocks (qkv bias, fused attention through SDPA)."""
+    return nn.Sequential(
+        *[Block(width, heads, mlp_ratio, qkv_bias=True, norm_layer=NORM) for _ in range(depth)]
+    )
+
+
 class MaskedAutoencoder(nn.Module):
     """MAE with a timm ViT encoder and a light ViT decoder (official defaults: ViT-L/16, 512x8)."""
 
@@ -121,7 +131,6 @@ class MaskedAutoencoder(nn.Module):
         encoder_mask_tokens: bool = False,
     ):
         super().__init__()
-        norm_layer = partial(nn.LayerNorm, eps=1e-6)
         self.patch_size, self.in_chans = patch_size, in_chans
         self.mask_ratio, self.loss_on = mask_ratio, loss_on
         self.sampler = sampler or RandomSampler()
@@ -135,13 +144,8 @@ class MaskedAutoencoder(nn.Module):
         grid = self.patch_embed.grid_size[0]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(sincos_2d(embed_dim, grid)[None], requires_grad=False)
-        self.blocks = nn.Sequential(
-            *[
-                Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
-                for _ in range(depth)
-            ]
-        )
-        self.norm = norm_layer(embed_dim)
+        self.blocks = _blocks(embed_dim, num_heads, mlp_ratio, depth)
+        self.norm = NORM(embed_dim)
 
         # Decoder (official names).
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
@@ -150,19 +154,10 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_pos_embed = nn.Parameter(
             sincos_2d(decoder_embed_dim, grid)[None], requires_grad=False
         )
-        self.decoder_blocks = nn.Sequential(
-            *[
-                Block(
-                    decoder_embed_dim,
-                    decoder_num_heads,
-                    decoder_mlp_ratio,
-                    qkv_bias=True,
-                    norm_layer=norm_layer,
-                )
-                for _ in range(decoder_depth)
-            ]
+        self.decoder_blocks = _blocks(
+            decoder_embed_dim, decoder_num_heads, decoder_mlp_ratio, decoder_depth
         )
-        self.decoder_norm = norm_layer(decoder_embed_dim)
+        self.decoder_norm = NORM(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, self.target.out_dim)
         self.initialize_weights()
 
@@ -235,18 +230,6 @@ class MaskedAutoencoder(nn.Module):
         pred = self.forward_decoder(latent, masking.ids_restore)
         loss = self.forward_loss(imgs, pred, masking.mask)
         return MAEOutput(loss, pred, masking.mask, masking.ids_restore)
-
-    def forward_features(
-        self, imgs: torch.Tensor, pool: Literal["cls", "avg"] = "cls"
-    ) -> torch.Tensor:
-        """Encoder features of whole images (no masking): the class token or the mean of the
-        normalised patch tokens. Equals timm's VisionTransformer with the same weights."""
-        x = self.encode(self.patch_embed(imgs) + self.pos_embed[:, 1:])
-        if pool == "cls":
-            return x[:, 0]
-        if pool == "avg":
-            return x[:, 1:].mean(dim=1)
-        raise ValueError(f"pool must be 'cls' or 'avg', got {pool!r}")
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """The encoder's weights under timm VisionTransformer names (no mask token, no decoder)."""

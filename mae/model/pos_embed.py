@@ -1,8 +1,9 @@
 """Fixed 2-D sine-cosine position embeddings, as the official MAE `util/pos_embed.py`.
 
 Half of the channels encode one grid axis and half the other; within each half sin comes first,
-then cos, at frequencies 1 / 10000^(2i/D). Like the official code (see its issue #18) the first
-half encodes the column index and the second the row index: checkpoints depend on that order.
+then cos, at frequencies 1 / 10000^(2i/D). Like the official code (facebookresearch/mae issue
+#18) the first half encodes the column index and the second the row index: checkpoints depend on
+that order.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from mae.report.query import TableResult
 OURS_COLOR = "tab:blue"
 PAPER_COLOR = "0.35"
 # seaborn's whitegrid style and paper context as matplotlib ships them: the same look without
-# importing seaborn (and scipy.stats and pyplot through it), a second of the 5-s budget.
+# importing seaborn (and scipy.stats and pyplot through it), a second of every report.
 SEABORN_STYLE = ("seaborn-v0_8-whitegrid", "seaborn-v0_8-paper")
 
 
@@ -27,32 +27,11 @@ def _positions(result: TableResult) -> list[float]:
     return [float(r.x if r.x is not None else i) for i, r in enumerate(d.rows)]
 
 
-def _panel(ax: Axes, result: TableResult, column: Column) -> None:
+def _draw_ours(ax: Axes, result: TableResult, column: Column, xs: list[float]) -> None:
     d = result.definition
-    xs = _positions(result)
     ours = [(x, result.cell(r.label, column.name)) for x, r in zip(xs, d.rows, strict=True)]
     ours = [(x, c) for x, c in ours if not c.missing]
-    if ours:
-        ax.errorbar(
-            [x for x, _ in ours],
-            [c.mean for _, c in ours],
-            yerr=[c.std or 0.0 for _, c in ours],
-            color=OURS_COLOR,
-            marker="o",
-            capsize=3,
-            label=f"ours ({result.scale})",
-        )
-        for x, c in ours:
-            ax.annotate(
-                f"{c.mean:.1f}",
-                (x, c.mean),
-                textcoords="offset points",
-                xytext=(0, 6),
-                ha="center",
-                fontsize=7,
-                color=OURS_COLOR,
-            )
-    else:
+    if not ours:
         ax.text(
             0.5,
             0.5,
@@ -63,29 +42,63 @@ def _panel(ax: Axes, result: TableResult, column: Column) -> None:
             color=OURS_COLOR,
             fontsize=8,
         )
+        return
+    ax.errorbar(
+        [x for x, _ in ours],
+        [c.mean for _, c in ours],
+        yerr=[c.std or 0.0 for _, c in ours],
+        color=OURS_COLOR,
+        marker="o",
+        capsize=3,
+        label=f"ours ({result.scale})",
+    )
+    for x, c in ours:
+        ax.annotate(
+            f"{c.mean:.1f}",
+            (x, c.mean),
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+            fontsize=7,
+            color=OURS_COLOR,
+        )
+
+
+def _draw_paper(ax: Axes, result: TableResult, column: Column, xs: list[float]) -> Axes:
+    """The paper's curve on a twin y axis of its own; returns that axis."""
+    d = result.definition
     paper = [(x, result.paper(r.label, column.name)) for x, r in zip(xs, d.rows, strict=True)]
     paper = [(x, p) for x, p in paper if p is not None]
     twin = ax.twinx()
     twin.grid(False)
-    if paper:
-        twin.plot(
-            [x for x, _ in paper],
-            [p.value for _, p in paper],
-            color=PAPER_COLOR,
-            linestyle="--",
+    if not paper:
+        return twin
+    twin.plot(
+        [x for x, _ in paper],
+        [p.value for _, p in paper],
+        color=PAPER_COLOR,
+        linestyle="--",
+        marker="s",
+        label="paper (ViT-L, IN-1K)",
+    )
+    approx = [(x, p.value) for x, p in paper if not p.confirmed]
+    if approx:
+        twin.scatter(
+            *zip(*approx, strict=True),
             marker="s",
-            label="paper (ViT-L, IN-1K)",
+            facecolors="white",
+            edgecolors=PAPER_COLOR,
+            zorder=3,
+            label="paper, approximate",
         )
-        approx = [(x, p.value) for x, p in paper if not p.confirmed]
-        if approx:
-            twin.scatter(
-                *zip(*approx, strict=True),
-                marker="s",
-                facecolors="white",
-                edgecolors=PAPER_COLOR,
-                zorder=3,
-                label="paper, approximate",
-            )
+    return twin
+
+
+def _panel(ax: Axes, result: TableResult, column: Column) -> None:
+    d = result.definition
+    xs = _positions(result)
+    _draw_ours(ax, result, column, xs)
+    twin = _draw_paper(ax, result, column, xs)
     if d.baseline is not None:
         base_x = xs[[r.label for r in d.rows].index(d.baseline)]
         ax.axvline(base_x, color="0.8", linestyle=":", zorder=0)

@@ -1,5 +1,6 @@
 """The paper's numbers for every table and figure, written once, each marked confirmed or
-approximate as `shared/paper_reference.md` says (ViT-L/16, ImageNet-1K, top-1 %, Table 2 in hours).
+approximate (a figure label whose position could not be pinned down): ViT-L/16, ImageNet-1K,
+top-1 %, Table 2 in hours.
 """
 
 from __future__ import annotations

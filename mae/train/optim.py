@@ -1,8 +1,8 @@
 """AdamW of the official pre-training recipe, with weight decay only on matrices.
 
-Norms, biases and the learned tokens get no decay (the brief's rule; the official code decays the
-3-D cls/mask tokens by accident of its 1-D test). Fixed position embeddings are buffers or frozen
-parameters, so they never reach the optimizer.
+Norms, biases and the learned tokens get no decay, as in timm's ViT and BEiT (the official MAE code
+decays the 3-D cls/mask tokens only because its no-decay test looks at 1-D parameters). Fixed
+position embeddings are buffers or frozen parameters, so they never reach the optimizer.
 """
 
 from __future__ import annotations
