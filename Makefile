@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns.db
 
-.PHONY: demo test lint format ui data bench clean
+.PHONY: demo test test-fast lint format ui data bench clean
 
 # The virtual environment: rebuilt only when pyproject.toml changes (the directory is the stamp).
 $(VENV): pyproject.toml
@@ -24,6 +24,10 @@ demo: $(VENV) data
 
 test: $(VENV)
 	$(PY) -m pytest -q
+
+# The unit tests without the slow ones: what a developer runs every few minutes.
+test-fast: $(VENV)
+	$(PY) -m pytest -q -m "not slow" tests/unit
 
 lint: $(VENV)
 	$(PY) -m ruff check mae studies analysis benchmarks tests

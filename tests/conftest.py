@@ -1,12 +1,15 @@
 """Shared test setup: one CPU thread, no progress bars, a throw-away MLflow store and runs folder,
-and the `slurm` marker (skip with a hint when no cluster answers, fail when CI requires one)."""
+the micro config every test builds on, and the `slurm` marker (skip with a hint when no cluster
+answers, fail when CI requires one)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 # Before torch is imported anywhere, and inherited by the job processes tests start.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -15,6 +18,9 @@ os.environ.setdefault("CI", "1")  # mae.train.runtime: progress bars off outside
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+from mae.config import ExperimentConfig, apply_overrides, validate_config  # noqa: E402
+from mae.sweep.scale import load_scale  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -75,3 +81,18 @@ def runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path.mkdir()
     monkeypatch.setenv("MAE_RUNS_DIR", str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def micro() -> Callable[..., ExperimentConfig]:
+    """The micro scale's config (digits 8x8, the 48-d 2-block ViT, one thread) under layers of
+    overrides, later wins: `micro(RECIPE, **{"pretrain.epochs": 3})`. Keys are dotted or nested."""
+    base = load_scale("micro").config
+
+    def make(*layers: Mapping[str, Any], **overrides: Any) -> ExperimentConfig:
+        tree = base
+        for layer in (*layers, overrides):
+            tree = apply_overrides(tree, layer)
+        return validate_config(tree, source="micro")
+
+    return make

@@ -11,10 +11,14 @@ import mlflow
 import pytest
 
 from mae import track
-from mae.config import flatten_config, load_yaml
+from mae.config import flatten_config
+from mae.schema import load_yaml
 from mae.sweep.launch import launch, workdir_for
 from mae.sweep.plan import Plan, plan_study
-from mae.sweep.spec import StudySpec, load_scale, parse_study, studies_dir
+from mae.sweep.scale import load_scale
+from mae.sweep.spec import StudySpec, parse_study, studies_dir
+
+pytestmark = pytest.mark.slow  # whole studies, real stores and servers
 
 # Paper label 100 epochs is 2 at the micro scale; evaluations get 2 epochs.
 FAST = ["pretrain.epochs=100", "finetune.epochs=2", "linprobe.epochs=2"]

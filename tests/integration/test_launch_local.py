@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from mae import track
-from mae.config import load_yaml
+from mae.schema import load_yaml
 from mae.sweep.launch import LaunchReport, launch, workdir_for
 from mae.sweep.plan import plan_study
-from mae.sweep.spec import StudySpec, load_scale, parse_study, studies_dir
+from mae.sweep.scale import load_scale
+from mae.sweep.spec import StudySpec, parse_study, studies_dir
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,10 @@ import pytest
 import requests
 
 from mae import track
-from mae.config import TABLE_AXES, default_config, flatten_config
+from mae.config import TABLE_AXES, ExperimentConfig, flatten_config
 from mae.report.cli import main
+
+pytestmark = pytest.mark.slow  # whole studies, real stores and servers
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
 
@@ -61,7 +63,7 @@ def server(tmp_path_factory) -> dict:
             try:
                 if requests.get(f"{url}/health", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or too busy starting to answer
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()}")
@@ -107,7 +109,7 @@ def _log_run(
     picture: Path,
     parent: str | None = None,
 ) -> str:
-    params = flatten_config(default_config())
+    params = flatten_config(ExperimentConfig())
     params.update({f"label.{axis}": params[axis] for axis in TABLE_AXES})
     params["label.masking.ratio"] = str(ratio)
     params["label.decoder.depth"], params["label.decoder.width"] = "8", "512"
@@ -146,7 +148,7 @@ def test_runs_logged_over_http_and_sqlite_are_served(server, tmp_path):
     assert run["info"]["status"] == "FINISHED"
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
     assert params["masking.ratio"] == "0.75" and params["label.decoder.width"] == "512"
-    assert len(params) == len(flatten_config(default_config())) + len(TABLE_AXES)
+    assert len(params) == len(flatten_config(ExperimentConfig())) + len(TABLE_AXES)
     metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
     assert metrics == {"finetune/top1": 60.0, "final/finetune/top1": 61.0}
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}

@@ -13,6 +13,8 @@ from mae.report.cli import main as make_tables
 from mae.report.query import build_tables
 from mae.sweep.cli import main as run_study
 
+pytestmark = pytest.mark.slow  # whole studies, real stores and servers
+
 # Evaluation epochs are not table labels; pre-training keeps micro's 800-epoch-label schedule.
 FAST = ["finetune.epochs=2", "linprobe.epochs=2"]
 

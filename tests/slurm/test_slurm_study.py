@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 
 from mae import track
-from mae.config import load_yaml
-from mae.sweep.launch import LaunchReport, launch, load_profile
+from mae.schema import load_yaml
+from mae.sweep.launch import LaunchReport, launch
 from mae.sweep.plan import plan_study
-from mae.sweep.spec import load_scale, parse_study, studies_dir
+from mae.sweep.profile import load_profile
+from mae.sweep.scale import load_scale
+from mae.sweep.spec import parse_study, studies_dir
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -27,15 +27,21 @@ from mae.data import (
     pretrain_set,
 )
 from mae.data.augment import AdaptChannels, finetune_train_transform
-from mae.data.sources import FASHION_MNIST_SYSTEM_DIR, find_fashion_mnist, load_fashion_mnist
+from mae.data.sources import (
+    FASHION_MNIST_SYSTEM_DIR,
+    TensorImages,
+    find_fashion_mnist,
+    load_fashion_mnist,
+)
 from mae.data.splits import subset_indices, train_val_indices
 from mae.data.synthetic import synthetic_images
 
 PRESETS = ("none", "crop_fixed", "crop_rand", "crop_colorjit")
 
 
-def digits_cfg(**data):
-    return validate_config({"data": {"dataset": "digits", "val_size": 200, **data}})
+def digits_cfg(micro, **data):
+    """The micro (digits) config with a 200-image validation split and `data` overrides."""
+    return micro(data={"val_size": 200, **data})
 
 
 def batch(dataset, n=64):
@@ -176,7 +182,7 @@ def test_imagefolder_decodes_lazily_to_the_requested_side(tmp_path):
         }
     )
     source = load_source("imagefolder", str(tmp_path))
-    assert not source.in_memory and source.image_size is None
+    assert not isinstance(source.train, TensorImages) and source.image_size is None
     assert (len(source.train), len(source.test), source.num_classes) == (12, 4, 2)
     for preset in PRESETS:
         cfg.data.augmentation = preset
@@ -224,8 +230,8 @@ def test_train_val_split_is_seeded_disjoint_and_stable():
     assert len(train_val_indices(1297, 5000, seed=0)[1]) == 259
 
 
-def test_digits_eval_sets_have_documented_sizes_and_share_one_split():
-    cfg = digits_cfg()
+def test_digits_eval_sets_have_documented_sizes_and_share_one_split(micro):
+    cfg = digits_cfg(micro)
     sets = eval_sets(cfg, "finetune")
     assert (len(sets.train), len(sets.val), len(sets.test)) == (1097, 200, 500)
     assert set(sets.train.indices.tolist()).isdisjoint(sets.val.indices.tolist())
@@ -236,12 +242,14 @@ def test_digits_eval_sets_have_documented_sizes_and_share_one_split():
     assert (len(default.train), len(default.val)) == (1038, 259)  # val_size 5000 clamped
 
 
-def test_train_subsets_are_seeded_and_drawn_from_train_only():
-    cfg = digits_cfg(train_subset=100)
+def test_train_subsets_are_seeded_and_drawn_from_train_only(micro):
+    cfg = digits_cfg(micro, train_subset=100)
     subset = pretrain_set(cfg).indices
     assert len(subset) == 100 and torch.equal(subset, pretrain_set(cfg).indices)
     sets = eval_sets(cfg, "finetune")
-    assert set(subset.tolist()) <= set(eval_sets(digits_cfg(), "finetune").train.indices.tolist())
+    assert set(subset.tolist()) <= set(
+        eval_sets(digits_cfg(micro), "finetune").train.indices.tolist()
+    )
     assert set(subset.tolist()).isdisjoint(sets.val.indices.tolist())
     cfg.linprobe.train_subset = 50
     assert len(eval_sets(cfg, "linprobe").train) == 50
@@ -276,12 +284,12 @@ def test_loader_order_is_a_function_of_seed_and_epoch():
     assert len(make_loader(data, 8, shuffle=True, seed=1, epoch=0, drop_last=True)) == 6
 
 
-def test_loader_leaves_global_rng_to_the_augmentations():
+def test_loader_leaves_global_rng_to_the_augmentations(micro):
     rng = torch.get_rng_state()
     order(make_loader(Indices(), 8, shuffle=True, seed=0, epoch=0))
     assert torch.equal(torch.get_rng_state(), rng)  # sampling did not draw from it
 
-    data = pretrain_set(digits_cfg(augmentation="crop_rand"))
+    data = pretrain_set(digits_cfg(micro, augmentation="crop_rand"))
     torch.manual_seed(11)
     state = torch.get_rng_state()
     images, labels = next(iter(make_loader(data, 32, shuffle=True, seed=0, epoch=3)))
@@ -292,8 +300,8 @@ def test_loader_leaves_global_rng_to_the_augmentations():
     assert not torch.equal(images, different)  # the RNG moved on: fresh augmentations
 
 
-def test_loader_with_workers_replays_regardless_of_global_rng():
-    data = pretrain_set(digits_cfg(augmentation="crop_rand"))
+def test_loader_with_workers_replays_regardless_of_global_rng(micro):
+    data = pretrain_set(digits_cfg(micro, augmentation="crop_rand"))
 
     def first_batch(global_seed):
         torch.manual_seed(global_seed)
@@ -307,8 +315,8 @@ def test_loader_with_workers_replays_regardless_of_global_rng():
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_presets_give_normalised_float_images_of_the_right_shape(preset):
-    data = pretrain_set(digits_cfg(augmentation=preset))
+def test_presets_give_normalised_float_images_of_the_right_shape(micro, preset):
+    data = pretrain_set(digits_cfg(micro, augmentation=preset))
     images = batch(data)
     assert images.shape == (64, 1, 8, 8) and images.dtype == torch.float32
     rgb = pretrain_set(
@@ -319,20 +327,20 @@ def test_presets_give_normalised_float_images_of_the_right_shape(preset):
     assert batch(rgb, 4).shape == (4, 3, 16, 16)
 
 
-def test_none_is_deterministic_identity_and_crop_rand_is_random():
-    cfg = digits_cfg(augmentation="none")
+def test_none_is_deterministic_identity_and_crop_rand_is_random(micro):
+    cfg = digits_cfg(micro, augmentation="none")
     data, info = pretrain_set(cfg), dataset_info(cfg)
     raw = load_source("digits").train.images[data.indices[:64]].float() / 255
     expected = (raw - info.mean[0]) / info.std[0]
     assert torch.allclose(batch(data), expected, atol=1e-6)
     assert torch.equal(batch(data), batch(data))
     for preset in ("crop_fixed", "crop_rand", "crop_colorjit"):
-        random_data = pretrain_set(digits_cfg(augmentation=preset))
+        random_data = pretrain_set(digits_cfg(micro, augmentation=preset))
         assert not torch.equal(batch(random_data), batch(random_data)), preset
 
 
-def test_normalisation_stats_match_the_raw_digits():
-    cfg = digits_cfg(augmentation="none")
+def test_normalisation_stats_match_the_raw_digits(micro):
+    cfg = digits_cfg(micro, augmentation="none")
     info = dataset_info(cfg)
     images = load_source("digits").train.images
     levels = {round(v * 255 / 16) for v in range(17)}  # 0..16 scaled to 0..255
@@ -368,8 +376,8 @@ def test_channel_adaptation_and_resizing_for_evaluations():
     assert probe.test[0][0].shape == (3, 16, 16)  # no stage size: the pre-training side
 
 
-def test_finetune_transform_uses_timm_randaugment_only_on_large_enough_images():
-    cfg = digits_cfg()
+def test_finetune_transform_uses_timm_randaugment_only_on_large_enough_images(micro):
+    cfg = micro(finetune={"randaug": "rand-m9-mstd0.5-inc1", "reprob": 0.25})  # official
     big = finetune_train_transform(cfg.finetune, 28, 1, (0.5,), (0.25,))
     small = finetune_train_transform(cfg.finetune, 8, 1, (0.5,), (0.25,))
     assert "RandAugment" in repr(big) and "RandAugment" not in repr(small)
@@ -421,8 +429,8 @@ def test_finetune_augmentation_none_trains_on_the_evaluation_transform():
     assert not torch.equal(augmented[0][0], a)  # the timm recipe is random
 
 
-def test_bad_stage_is_rejected():
+def test_bad_stage_is_rejected(micro):
     with pytest.raises(ValueError, match="pretrain_set"):
-        eval_sets(digits_cfg(), "pretrain")
+        eval_sets(digits_cfg(micro), "pretrain")
     with pytest.raises(ValueError, match="allowed"):
-        dataset_info(digits_cfg(), "bogus")
+        dataset_info(digits_cfg(micro), "bogus")

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import RecordingLogger, mae_features
 from timm.layers import resample_abs_pos_embed
 from timm.optim import Lars
 
-from mae.config import ExperimentConfig, apply_overrides, validate_config
+from mae.config import ExperimentConfig
 from mae.data import dataset_info, eval_sets, make_loader
 from mae.evaluate import run_eval
 from mae.evaluate.classifier import build_classifier, load_encoder, pretrained_encoder
@@ -20,47 +21,44 @@ from mae.evaluate.finetune import layer_decay_groups
 from mae.evaluate.linprobe import encode, feature_encoder, probe_head, probe_optimizer
 from mae.evaluate.loop import set_train_mode
 from mae.evaluate.partial import freeze_all_but_last
-from mae.logger import RecordingLogger
 from mae.model import build_mae
 from mae.train.checkpoint import load_checkpoint
 from mae.train.pretrain import pretrain
 
-# The micro recipe: digits, the 48-d 2-block ViT; evaluation hyper-parameters tuned for >= 97%
-# fine-tuned test accuracy in ~30 s (augmentation none: crops and flips ruin 8x8 digits).
-MICRO: dict = {
-    "model": {"preset": "vit_micro_cpu"},
-    "decoder": {"width": 32, "depth": 2, "heads": 2},
-    "data": {"dataset": "digits", "val_size": 100, "augmentation": "crop_rand"},
+# On the micro scale, evaluation hyper-parameters tuned for >= 97% fine-tuned test accuracy in
+# ~30 s (augmentation none: crops and flips ruin 8x8 digits).
+_TUNE = {
+    "epochs": 70,
+    "batch_size": 32,
+    "blr": 1e-2,
+    "warmup_epochs": 2,
+    "drop_path": 0.1,
+    "mixup": 0.2,
+}
+RECIPE: dict = {
+    "data": {"val_size": 100},
     "pretrain": {"epochs": 40, "batch_size": 64, "blr": 1.5e-3, "warmup_epochs": 2},
-    "finetune": {
-        "epochs": 70, "batch_size": 32, "blr": 1e-2, "warmup_epochs": 2, "layer_decay": 0.75,
-        "drop_path": 0.1, "mixup": 0.2, "cutmix": 0.0, "smoothing": 0.1, "randaug": None,
-        "reprob": 0.0, "augmentation": "none",
-    },
-    "partial": {
-        "epochs": 40, "batch_size": 32, "blr": 1e-2, "warmup_epochs": 2, "layer_decay": 0.75,
-        "drop_path": 0.1, "mixup": 0.2, "cutmix": 0.0, "smoothing": 0.1, "randaug": None,
-        "reprob": 0.0, "augmentation": "none",
-    },
-    "linprobe": {"epochs": 90, "batch_size": 128, "blr": 30.0, "warmup_epochs": 5},
-    "scratch": {
-        "epochs": 70, "batch_size": 32, "blr": 1e-2, "warmup_epochs": 2, "weight_decay": 0.05,
-        "drop_path": 0.1, "mixup": 0.2, "cutmix": 0.0, "smoothing": 0.1, "randaug": None,
-        "reprob": 0.0, "augmentation": "none",
-    },
-    "runtime": {"threads": 1, "progress": False, "recon_images": 0},
-}  # fmt: skip
-
-
-def micro(**overrides) -> ExperimentConfig:
-    return validate_config(apply_overrides(MICRO, overrides))
+    "finetune": _TUNE,
+    "partial": {**_TUNE, "epochs": 40},
+    "scratch": _TUNE,
+    "linprobe": {"epochs": 90, "warmup_epochs": 5},
+    "runtime": {"recon_images": 0},
+}
 
 
 @pytest.fixture(scope="session")
-def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real MAE pre-trained on digits for a few seconds; returns its checkpoint."""
+def pretrained(micro, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real MAE pre-trained on digits (40 epochs, ~45 s): for the accuracy tests."""
     workdir = tmp_path_factory.mktemp("pretrain")
-    pretrain(micro(), workdir)
+    pretrain(micro(RECIPE), workdir)
+    return workdir / "checkpoint.pt"
+
+
+@pytest.fixture(scope="session")
+def checkpoint(micro, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same architecture pre-trained for 2 epochs: for tests of what the protocols do."""
+    workdir = tmp_path_factory.mktemp("short")
+    pretrain(micro(RECIPE, **{"pretrain.epochs": 2}), workdir)
     return workdir / "checkpoint.pt"
 
 
@@ -72,33 +70,33 @@ def digits_batch(cfg: ExperimentConfig, stage: str = "finetune", n: int = 64) ->
 # --------------------------------------------------------------------------- classifier
 
 
-def test_classifier_loads_encoder_and_matches_mae_features(pretrained: Path) -> None:
-    cfg = micro()
+def test_classifier_loads_encoder_and_matches_mae_features(micro, checkpoint: Path) -> None:
+    cfg = micro(RECIPE)
     mae = build_mae(cfg)
-    mae.load_state_dict(load_checkpoint(pretrained)["model"])
+    mae.load_state_dict(load_checkpoint(checkpoint)["model"])
     mae.eval()
     info = dataset_info(cfg, "finetune")
     images = digits_batch(cfg)
 
     for pool, mae_pool in (("token", "cls"), ("avg", "avg")):
         model = build_classifier(cfg, info, pool=pool, fc_norm=False, num_classes=0).eval()
-        load_encoder(model, pretrained_encoder(cfg, pretrained))
+        load_encoder(model, pretrained_encoder(cfg, checkpoint))
         with torch.no_grad():
-            ours, theirs = model(images), mae.forward_features(images, pool=mae_pool)
+            ours, theirs = model(images), mae_features(mae, images, pool=mae_pool)
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
     # Official fine-tuning classifier: average pooling + a fresh fc_norm, the encoder norm dropped.
     model = build_classifier(cfg, info, pool="avg")
-    load_encoder(model, pretrained_encoder(cfg, pretrained))
+    load_encoder(model, pretrained_encoder(cfg, checkpoint))
     assert isinstance(model.norm, torch.nn.Identity)
     assert torch.equal(model.blocks[1].mlp.fc2.weight, mae.blocks[1].mlp.fc2.weight)
     assert torch.equal(model.fc_norm.weight, torch.ones(cfg.encoder.width))
 
 
-def test_load_encoder_rejects_foreign_weights(pretrained: Path) -> None:
-    cfg = micro()
+def test_load_encoder_rejects_foreign_weights(micro, checkpoint: Path) -> None:
+    cfg = micro(RECIPE)
     model = build_classifier(cfg, dataset_info(cfg, "finetune"), pool="avg")
-    encoder = pretrained_encoder(cfg, pretrained)
+    encoder = pretrained_encoder(cfg, checkpoint)
     broken = {k: v for k, v in encoder.items() if not k.startswith("blocks.1.attn")}
     with pytest.raises(ValueError, match="blocks.1.attn"):
         load_encoder(model, broken)
@@ -106,12 +104,12 @@ def test_load_encoder_rejects_foreign_weights(pretrained: Path) -> None:
         load_encoder(model, {**encoder, "decoder_pred.weight": torch.zeros(1)})
 
 
-def test_pos_embed_resampled_for_a_larger_eval_size(pretrained: Path) -> None:
-    cfg = micro(**{"finetune.image_size": 16})
+def test_pos_embed_resampled_for_a_larger_eval_size(micro, checkpoint: Path) -> None:
+    cfg = micro(RECIPE, **{"finetune.image_size": 16})
     sets = eval_sets(cfg, "finetune")
     assert sets.info.image_size == 16
     model = build_classifier(cfg, sets.info, pool="avg").eval()
-    encoder = pretrained_encoder(cfg, pretrained)
+    encoder = pretrained_encoder(cfg, checkpoint)
     load_encoder(model, encoder)
     assert model.pos_embed.shape == (1, 1 + 8 * 8, cfg.encoder.width)
     expected = resample_abs_pos_embed(encoder["pos_embed"], [8, 8], antialias=False)
@@ -120,23 +118,23 @@ def test_pos_embed_resampled_for_a_larger_eval_size(pretrained: Path) -> None:
     assert images.shape[-1] == 16 and model(images).shape == (4, 10)
 
 
-def test_transfer_to_another_data_set_and_size(pretrained: Path, tmp_path: Path) -> None:
+def test_transfer_to_another_data_set_and_size(micro, checkpoint: Path, tmp_path: Path) -> None:
     """Pre-trained on digits, fine-tuned on the synthetic set at 16 px (pos-embed resampled)."""
-    cfg = micro(**{
+    cfg = micro(RECIPE, **{
         "finetune.dataset": "synthetic", "finetune.image_size": 16, "finetune.epochs": 1,
         "finetune.train_subset": 256,
     })  # fmt: skip
     info = eval_sets(cfg, "finetune").info
     assert (info.name, info.image_size, info.channels) == ("synthetic", 16, 1)
-    result = run_eval("finetune", cfg, pretrained, tmp_path)
+    result = run_eval("finetune", cfg, checkpoint, tmp_path)
     assert 0 <= result["finetune/top1"] <= 100
     model = load_checkpoint(tmp_path / "checkpoint.pt")["model"]
     assert model["pos_embed"].shape == (1, 1 + 8 * 8, cfg.encoder.width)
     assert model["head.weight"].shape == (info.num_classes, cfg.encoder.width)
 
 
-def test_layer_decay_smallest_for_the_embedding_and_one_for_the_head() -> None:
-    cfg = micro()
+def test_layer_decay_smallest_for_the_embedding_and_one_for_the_head(micro) -> None:
+    cfg = micro(RECIPE)
     model = build_classifier(cfg, dataset_info(cfg, "finetune"), pool="avg")
     groups = layer_decay_groups(model, cfg.finetune)
     scale = {name: g["lr_scale"] for g in groups for name, p in model.named_parameters()
@@ -170,8 +168,8 @@ def test_probe_head_is_batchnorm_without_affine_then_linear() -> None:
     assert torch.equal(linear.bias, torch.zeros(10))
 
 
-def test_lars_groups_adapt_matrices_and_skip_decay_on_vectors() -> None:
-    cfg = micro(**{"linprobe.weight_decay": 0.1})
+def test_lars_groups_adapt_matrices_and_skip_decay_on_vectors(micro) -> None:
+    cfg = micro(RECIPE, **{"linprobe.weight_decay": 0.1})
     opt = probe_optimizer(probe_head(48, 10), cfg.linprobe, lr=1.0)
     assert isinstance(opt, Lars)
     matrices, vectors = opt.param_groups
@@ -182,10 +180,10 @@ def test_lars_groups_adapt_matrices_and_skip_decay_on_vectors() -> None:
     assert opt.defaults["momentum"] == 0.9
 
 
-def test_linprobe_features_are_deterministic(pretrained: Path) -> None:
-    cfg = micro()
+def test_linprobe_features_are_deterministic(micro, checkpoint: Path) -> None:
+    cfg = micro(RECIPE)
     sets = eval_sets(cfg, "linprobe")
-    encoder = feature_encoder(cfg, sets.info, pretrained)
+    encoder = feature_encoder(cfg, sets.info, checkpoint)
     images = digits_batch(cfg, "linprobe")
     with torch.no_grad():
         first, second = encoder(images), encoder(images)
@@ -213,8 +211,8 @@ def frozen_and_tuned(model: torch.nn.Module) -> tuple[set[str], set[str]]:
         (1, {"fc_norm.", "head.", "blocks.1."}),
     ],
 )
-def test_partial_freezes_all_but_the_last_blocks(blocks: float, tuned: set[str]) -> None:
-    cfg = micro(**{"partial.drop_path": 0.1})
+def test_partial_freezes_all_but_the_last_blocks(micro, blocks: float, tuned: set[str]) -> None:
+    cfg = micro(RECIPE, **{"partial.drop_path": 0.1})
     model = build_classifier(cfg, dataset_info(cfg, "partial"), pool="avg", drop_path=0.1)
     frozen_modules = freeze_all_but_last(model, blocks)
     frozen, trained = frozen_and_tuned(model)
@@ -233,8 +231,8 @@ def test_partial_freezes_all_but_the_last_blocks(blocks: float, tuned: set[str])
     assert not model.blocks[0].drop_path1.training
 
 
-def test_partial_all_blocks_is_full_finetuning_and_too_many_fails() -> None:
-    cfg = micro()
+def test_partial_all_blocks_is_full_finetuning_and_too_many_fails(micro) -> None:
+    cfg = micro(RECIPE)
     model = build_classifier(cfg, dataset_info(cfg, "partial"), pool="avg")
     assert freeze_all_but_last(model, cfg.encoder.depth) == []
     assert all(p.requires_grad for p in model.parameters())
@@ -243,25 +241,25 @@ def test_partial_all_blocks_is_full_finetuning_and_too_many_fails() -> None:
 
 
 def test_partial_training_leaves_frozen_weights_bit_identical(
-    pretrained: Path, tmp_path: Path
+    micro, checkpoint: Path, tmp_path: Path
 ) -> None:
-    cfg = micro(**{"partial.blocks": 0.5, "partial.epochs": 2})
-    result = run_eval("partial", cfg, pretrained, tmp_path)
+    cfg = micro(RECIPE, **{"partial.blocks": 0.5, "partial.epochs": 2})
+    result = run_eval("partial", cfg, checkpoint, tmp_path)
     assert 0 <= result["partial/top1"] <= 100
     trained = load_checkpoint(tmp_path / "checkpoint.pt")["model"]
-    encoder = pretrained_encoder(cfg, pretrained)
+    encoder = pretrained_encoder(cfg, checkpoint)
     moved = {k for k, v in encoder.items() if k in trained and not torch.equal(v, trained[k])}
     assert moved == {k for k in encoder if k.startswith(("blocks.1.norm2.", "blocks.1.mlp."))}
 
 
 def test_linprobe_with_augmentation_keeps_encoder_bit_identical(
-    pretrained: Path, tmp_path: Path
+    micro, checkpoint: Path, tmp_path: Path
 ) -> None:
-    cfg = micro(**{"linprobe.augmentation": "crop_rand", "linprobe.epochs": 2})
-    result = run_eval("linprobe", cfg, pretrained, tmp_path)
+    cfg = micro(RECIPE, **{"linprobe.augmentation": "crop_rand", "linprobe.epochs": 2})
+    result = run_eval("linprobe", cfg, checkpoint, tmp_path)
     assert 0 <= result["linprobe/top1"] <= 100
     trained = load_checkpoint(tmp_path / "checkpoint.pt")["model"]
-    encoder = pretrained_encoder(cfg, pretrained)
+    encoder = pretrained_encoder(cfg, checkpoint)
     for key, value in encoder.items():
         assert torch.equal(trained[f"0.{key}"], value), key
     assert trained["1.0.num_batches_tracked"] > 0  # the BN statistics did train
@@ -272,17 +270,19 @@ def test_linprobe_with_augmentation_keeps_encoder_bit_identical(
 
 
 @pytest.mark.parametrize("stage", ["finetune", "linprobe"])
-def test_resume_after_stop_ends_identical(stage: str, pretrained: Path, tmp_path: Path) -> None:
+def test_resume_after_stop_ends_identical(
+    micro, stage: str, checkpoint: Path, tmp_path: Path
+) -> None:
     # Mixup (numpy RNG), drop path (torch RNG) and the timm augmentation all active.
-    cfg = micro(**{
-        f"{stage}.epochs": 3,
-        "finetune.augmentation": "timm", "finetune.mixup": 0.8, "finetune.cutmix": 1.0,
-    })  # fmt: skip
+    timm_recipe = {"augmentation": "timm", "mixup": 0.8, "cutmix": 1.0}
+    cfg = micro(
+        RECIPE, finetune=timm_recipe, **{f"{stage}.epochs": 3, f"{stage}.train_subset": 256}
+    )
     whole_log, part_log = RecordingLogger(), RecordingLogger()
-    whole = run_eval(stage, cfg, pretrained, tmp_path / "whole", whole_log)
-    stopped = run_eval(stage, cfg, pretrained, tmp_path / "part", part_log, stop_after_epoch=1)
+    whole = run_eval(stage, cfg, checkpoint, tmp_path / "whole", whole_log)
+    stopped = run_eval(stage, cfg, checkpoint, tmp_path / "part", part_log, stop_after_epoch=1)
     assert set(stopped) == {f"{stage}/{k}" for k in ("train_loss", "val_top1", "val_top5", "lr")}
-    resumed = run_eval(stage, cfg, pretrained, tmp_path / "part", part_log)
+    resumed = run_eval(stage, cfg, checkpoint, tmp_path / "part", part_log)
 
     assert {k: v for k, v in resumed.items() if "wall_time" not in k} == {
         k: v for k, v in whole.items() if "wall_time" not in k
@@ -295,12 +295,12 @@ def test_resume_after_stop_ends_identical(stage: str, pretrained: Path, tmp_path
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     # A finished run answers from its checkpoint, without training again.
-    again = run_eval(stage, cfg, pretrained, tmp_path / "part")
+    again = run_eval(stage, cfg, checkpoint, tmp_path / "part")
     assert again == resumed
 
 
-def test_logged_metrics_and_scratch_needs_no_checkpoint(tmp_path: Path) -> None:
-    cfg = micro(**{"scratch.epochs": 2, "scratch.warmup_epochs": 1})
+def test_logged_metrics_and_scratch_needs_no_checkpoint(micro, tmp_path: Path) -> None:
+    cfg = micro(RECIPE, **{"scratch.epochs": 2, "scratch.warmup_epochs": 1})
     logger = RecordingLogger()
     result = run_eval("scratch", cfg, None, tmp_path, logger)
     assert set(result) == {
@@ -314,39 +314,43 @@ def test_logged_metrics_and_scratch_needs_no_checkpoint(tmp_path: Path) -> None:
     assert result["scratch/top5"] >= result["scratch/top1"]
 
 
-def test_workdir_of_another_run_is_refused(tmp_path: Path) -> None:
-    run_eval("scratch", micro(**{"scratch.epochs": 1}), None, tmp_path)
+def test_workdir_of_another_run_is_refused(micro, tmp_path: Path) -> None:
+    run_eval("scratch", micro(RECIPE, **{"scratch.epochs": 1}), None, tmp_path)
     with pytest.raises(ValueError, match="belongs to scratch run"):
-        run_eval("scratch", micro(**{"scratch.epochs": 2}), None, tmp_path)
+        run_eval("scratch", micro(RECIPE, **{"scratch.epochs": 2}), None, tmp_path)
     with pytest.raises(ValueError, match="unknown evaluation stage"):
-        run_eval("pretrain", micro(), None, tmp_path)
+        run_eval("pretrain", micro(RECIPE), None, tmp_path)
 
 
 # --------------------------------------------------------------------------- accuracy (micro)
 
 
 @pytest.mark.slow
-def test_finetune_reaches_97_percent_on_digits(pretrained: Path, tmp_path: Path) -> None:
-    result = run_eval("finetune", micro(), pretrained, tmp_path)
+def test_finetune_reaches_97_percent_on_digits(micro, pretrained: Path, tmp_path: Path) -> None:
+    result = run_eval("finetune", micro(RECIPE), pretrained, tmp_path)
     assert result["finetune/top1"] >= 97.0, result
 
 
 @pytest.mark.slow
-def test_linprobe_of_the_mae_beats_a_random_encoder(pretrained: Path, tmp_path: Path) -> None:
+def test_linprobe_of_the_mae_beats_a_random_encoder(
+    micro, pretrained: Path, tmp_path: Path
+) -> None:
     """Random = the classifier's own (timm) init, what `pretrain_checkpoint=None` gives. Against
     the MAE's untrained xavier init the micro encoder gains only ~1-2 points (see the report)."""
-    cfg = micro()
+    cfg = micro(RECIPE)
     mae = run_eval("linprobe", cfg, pretrained, tmp_path / "mae")["linprobe/top1"]
     rand = run_eval("linprobe", cfg, None, tmp_path / "random")["linprobe/top1"]
     assert mae >= 85.0 and mae >= rand + 20.0, (mae, rand)
 
 
 @pytest.mark.slow
-def test_partial_tuning_more_blocks_is_not_worse(pretrained: Path, tmp_path: Path) -> None:
+def test_partial_tuning_more_blocks_is_not_worse(micro, pretrained: Path, tmp_path: Path) -> None:
     tolerance = 1.0  # points of test accuracy (5 of the 500 digits test images)
     top1 = {}
     for k in (0, 0.5, 1, 2):  # 2 = all blocks of the micro encoder
-        cfg = micro(**{"partial.blocks": k, "partial.epochs": 20})  # half the recipe, for time
+        cfg = micro(
+            RECIPE, **{"partial.blocks": k, "partial.epochs": 20}
+        )  # half the recipe, for time
         top1[k] = run_eval("partial", cfg, pretrained, tmp_path / str(k))["partial/top1"]
     ordered = list(top1.values())
     assert all(b >= a - tolerance for a, b in itertools.pairwise(ordered)), top1

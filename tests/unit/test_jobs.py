@@ -8,12 +8,13 @@ import pickle
 import pytest
 import submitit
 
-from mae.config import load_yaml
 from mae.jobs import StageJob, label_params, run_stage
 from mae.logger import NullLogger
+from mae.schema import load_yaml
 from mae.sweep.launch import job_spec
 from mae.sweep.plan import Plan, plan_study
-from mae.sweep.spec import load_scale, parse_study, studies_dir
+from mae.sweep.scale import load_scale
+from mae.sweep.spec import parse_study, studies_dir
 
 
 def micro_plan() -> Plan:
@@ -63,8 +64,9 @@ def test_a_run_already_running_elsewhere_is_refused_without_touching_mlflow(tmp_
 
 
 def test_progress_file_tells_the_launcher_how_far_a_job_is(tmp_path):
+    from support import RecordingLogger
+
     from mae.jobs import ProgressFile, read_progress
-    from mae.logger import RecordingLogger
 
     inner = RecordingLogger()
     logger = ProgressFile(inner, tmp_path)

@@ -9,17 +9,13 @@ from pathlib import Path
 import pytest
 import submitit
 
-from mae.config import ConfigError, RuntimeConfig, load_yaml
-from mae.sweep.launch import (
-    available_profiles,
-    default_max_parallel,
-    describe,
-    load_profile,
-    select_runs,
-    slurm_parameters,
-)
+from mae.config import RuntimeConfig
+from mae.schema import ConfigError, load_yaml
+from mae.sweep.launch import default_max_parallel, describe, select_runs
 from mae.sweep.plan import Plan, plan_study
-from mae.sweep.spec import load_scale, parse_study, studies_dir
+from mae.sweep.profile import available_profiles, load_profile, slurm_parameters
+from mae.sweep.scale import load_scale
+from mae.sweep.spec import parse_study, studies_dir
 
 
 def micro_plan(ratios=(0.75, 0.9), evaluations=("finetune", "linprobe")) -> Plan:

@@ -8,6 +8,7 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
+from support import mae_features
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -15,13 +16,6 @@ from mae.config import validate_config
 from mae.model import MaskedAutoencoder, build_mae
 from mae.model.masking import num_keep
 from mae.model.pos_embed import sincos_2d
-
-MICRO = {"model": {"preset": "vit_micro_cpu"}, "data": {"dataset": "digits"}}  # 8x8x1, patch 2
-
-
-def _cfg(**sections):
-    tree = {**MICRO, **sections}
-    return validate_config(tree)
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -37,8 +31,8 @@ def _images(n: int, channels: int, side: int, seed: int = 0) -> torch.Tensor:
 
 @pytest.mark.parametrize("kind", ["pixel", "norm_pixel"])
 @pytest.mark.parametrize("channels", [1, 3])
-def test_forward_shapes_and_gradients(kind: str, channels: int) -> None:
-    cfg = _cfg(
+def test_forward_shapes_and_gradients(micro, kind: str, channels: int) -> None:
+    cfg = micro(
         data={"dataset": "synthetic", "image_size": 16, "channels": channels}, target={"kind": kind}
     )
     model = build_mae(cfg)
@@ -54,16 +48,16 @@ def test_forward_shapes_and_gradients(kind: str, channels: int) -> None:
     assert not model.pos_embed.requires_grad and not model.decoder_pos_embed.requires_grad
 
 
-def test_mask_ratio_override_and_generator() -> None:
-    model = build_mae(_cfg())
+def test_mask_ratio_override_and_generator(micro) -> None:
+    model = build_mae(micro())
     x = _images(4, 1, 8)
     assert (model(x, mask_ratio=0.5).mask.sum(1) == 8).all()
     a, b = model(x, generator=_gen(3)), model(x, generator=_gen(3))
     assert torch.equal(a.pred, b.pred) and torch.equal(a.mask, b.mask)
 
 
-def test_patchify_order_and_round_trip() -> None:
-    model = build_mae(_cfg(data={"dataset": "synthetic", "image_size": 16, "channels": 3}))
+def test_patchify_order_and_round_trip(micro) -> None:
+    model = build_mae(micro(data={"dataset": "synthetic", "image_size": 16, "channels": 3}))
     imgs = _images(2, 3, 16)
     patches = model.patchify(imgs)
     assert patches.shape == (2, 64, 12)
@@ -72,9 +66,9 @@ def test_patchify_order_and_round_trip() -> None:
     assert torch.equal(model.unpatchify(patches), imgs)
 
 
-def test_loss_is_the_targets_loss_of_pred_and_mask() -> None:
+def test_loss_is_the_targets_loss_of_pred_and_mask(micro) -> None:
     for loss_on in ("masked", "all"):
-        model = build_mae(_cfg(target={"kind": "norm_pixel", "loss_on": loss_on}))
+        model = build_mae(micro(target={"kind": "norm_pixel", "loss_on": loss_on}))
         x = _images(3, 1, 8)
         out = model(x)
         target = model.patchify(x)
@@ -90,8 +84,8 @@ def test_loss_is_the_targets_loss_of_pred_and_mask() -> None:
 
 @pytest.mark.parametrize("mask_tokens", [False, True])
 @pytest.mark.parametrize("sampler", ["random", "block", "grid"])
-def test_hidden_pixels_never_reach_the_prediction(mask_tokens: bool, sampler: str) -> None:
-    model = build_mae(_cfg(encoder={"mask_tokens": mask_tokens}, masking={"sampler": sampler}))
+def test_hidden_pixels_never_reach_the_prediction(micro, mask_tokens: bool, sampler: str) -> None:
+    model = build_mae(micro(encoder={"mask_tokens": mask_tokens}, masking={"sampler": sampler}))
     x = _images(3, 1, 8)
     out = model(x, generator=_gen(5))
     noisy = model.patchify(x) + 5.0 * out.mask.unsqueeze(-1)  # change hidden patches only
@@ -110,8 +104,8 @@ def _sequence_lengths(module: nn.Module, model: MaskedAutoencoder, x: torch.Tens
 
 
 @pytest.mark.parametrize("mask_tokens", [False, True])
-def test_encoder_sequence_length_with_and_without_mask_tokens(mask_tokens: bool) -> None:
-    model = build_mae(_cfg(encoder={"mask_tokens": mask_tokens}))
+def test_encoder_sequence_length_with_and_without_mask_tokens(micro, mask_tokens: bool) -> None:
+    model = build_mae(micro(encoder={"mask_tokens": mask_tokens}))
     x = _images(2, 1, 8)
     length = 16
     encoder_len = length + 1 if mask_tokens else num_keep(length, 0.75) + 1
@@ -148,8 +142,8 @@ def test_pos_embed_matches_the_official_function(dim: int, grid: int) -> None:
     assert not sincos_2d(dim, grid)[0].any()
 
 
-def test_model_uses_fixed_sincos_for_encoder_and_decoder() -> None:
-    model = build_mae(_cfg())
+def test_model_uses_fixed_sincos_for_encoder_and_decoder(micro) -> None:
+    model = build_mae(micro())
     torch.testing.assert_close(model.pos_embed[0], sincos_2d(48, 4))
     torch.testing.assert_close(model.decoder_pos_embed[0], sincos_2d(32, 4))
 
@@ -197,10 +191,11 @@ def test_encoder_parameter_counts_match_the_paper(preset: str, millions: int) ->
     assert abs(count / 1e6 - millions) / millions < 0.01, count
 
 
-def test_matches_huggingface_vitmae_with_the_same_weights_and_noise() -> None:
+def test_matches_huggingface_vitmae_with_the_same_weights_and_noise(micro) -> None:
     """HF's ViTMAE is a port of the official model: same weights + same noise = same output."""
     transformers = pytest.importorskip("transformers")
-    model = build_mae(_cfg(target={"kind": "norm_pixel"}))
+    cfg = micro(target={"kind": "norm_pixel"})
+    model = build_mae(cfg)
     hf_cfg = transformers.ViTMAEConfig(
         hidden_size=48,
         num_hidden_layers=2,
@@ -210,7 +205,7 @@ def test_matches_huggingface_vitmae_with_the_same_weights_and_noise() -> None:
         patch_size=2,
         num_channels=1,
         decoder_hidden_size=32,
-        decoder_num_hidden_layers=1,
+        decoder_num_hidden_layers=cfg.decoder.depth,
         decoder_num_attention_heads=2,
         decoder_intermediate_size=128,
         layer_norm_eps=1e-6,
@@ -218,7 +213,8 @@ def test_matches_huggingface_vitmae_with_the_same_weights_and_noise() -> None:
         norm_pix_loss=True,
     )
     hf = transformers.ViTMAEForPreTraining(hf_cfg).eval()
-    hf.load_state_dict(_to_hf(model.state_dict(), depth=2, decoder_depth=1), strict=True)
+    weights = _to_hf(model.state_dict(), depth=2, decoder_depth=cfg.decoder.depth)
+    hf.load_state_dict(weights, strict=True)
 
     x = _images(4, 1, 8)
     noise = torch.rand(4, 16, generator=_gen(7))  # what RandomSampler draws from this seed
@@ -288,8 +284,8 @@ def _timm_vit(global_pool: str) -> VisionTransformer:
 
 
 @pytest.mark.parametrize("mask_tokens", [False, True])
-def test_encoder_state_dict_loads_into_timm_vit(mask_tokens: bool) -> None:
-    model = build_mae(_cfg(encoder={"mask_tokens": mask_tokens})).eval()
+def test_encoder_state_dict_loads_into_timm_vit(micro, mask_tokens: bool) -> None:
+    model = build_mae(micro(encoder={"mask_tokens": mask_tokens})).eval()
     state = model.encoder_state_dict()
     assert not any(k.startswith(("decoder", "mask_token")) for k in state)
 
@@ -299,9 +295,9 @@ def test_encoder_state_dict_loads_into_timm_vit(mask_tokens: bool) -> None:
     assert result.unexpected_keys == []
     x = _images(3, 1, 8)
     with torch.no_grad():
-        torch.testing.assert_close(vit.forward_features(x)[:, 0], model.forward_features(x, "cls"))
+        torch.testing.assert_close(vit.forward_features(x)[:, 0], mae_features(model, x, "cls"))
         tokens = vit.forward_features(x)[:, 1:].mean(1)
-        torch.testing.assert_close(tokens, model.forward_features(x, "avg"))
+        torch.testing.assert_close(tokens, mae_features(model, x, "avg"))
 
     pooled = _timm_vit("avg")  # the official fine-tuning default: mean of patches + fc_norm
     result = pooled.load_state_dict(state, strict=False)

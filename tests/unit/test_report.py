@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from mae import track
-from mae.config import TABLE_AXES, default_config, flatten_config
+from mae.config import TABLE_AXES, ExperimentConfig, flatten_config
 from mae.report import DEFINITION_IDS, DEFINITIONS, build_tables
 from mae.report.cli import main
 from mae.report.definitions import TABLE1_DEFAULTS, select
@@ -36,7 +36,7 @@ def _add(
     uri, exp, stage, *, labels=None, final=None, latest=None, seed=0, status="FINISHED", params=None
 ) -> str:
     """One run as a job would log it: full config params, paper labels, final metrics."""
-    values = flatten_config(default_config())  # tiny-scale values: decoder.width 64, depth 2...
+    values = flatten_config(ExperimentConfig())  # tiny-scale values: decoder.width 64, depth 2...
     wanted = {**TABLE1_DEFAULTS, **(labels or {})}
     values.update({f"label.{axis}": str(wanted[axis]) for axis in TABLE_AXES})
     values.update({"pretrain.seed": str(seed), **(params or {})})
@@ -263,7 +263,7 @@ def test_table2_wall_clock_and_speedup(tables):
 def test_unavailable_targets_and_approximate_values_in_footnotes(tables):
     notes = tables["table1d"].footnotes()
     assert notes[0].startswith("— no finished run yet for pixel (w/ norm): run `python studies")
-    assert any(n.startswith("— PCA: not yet available (PCA-coefficient") for n in notes)
+    assert any(n.startswith("— PCA: not yet available (the PCA-coefficient") for n in notes)
     assert any(n.startswith("— dVAE token: not yet available") for n in notes)
     assert any("approximate" in n and "Fig. 5 ft" in n for n in tables["fig5"].footnotes())
     assert not any("approximate" in n for n in tables["table1a"].footnotes())

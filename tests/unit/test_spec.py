@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mae.config import TABLE_AXES, ConfigError, validate_config
+from mae.config import TABLE_AXES, validate_config
+from mae.schema import ConfigError
 from mae.sweep.scale import label_str, load_scale
 from mae.sweep.spec import available_studies, load_study, parse_study
 

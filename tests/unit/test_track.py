@@ -15,7 +15,13 @@ import pandas as pd
 import pytest
 
 from mae import track
-from mae.config import TABLE_AXES, apply_overrides, default_config, flatten_config, validate_config
+from mae.config import (
+    TABLE_AXES,
+    ExperimentConfig,
+    apply_overrides,
+    flatten_config,
+    validate_config,
+)
 from mae.logger import MetricLogger
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +43,7 @@ def store(tmp_path: Path, empty_db: Path) -> tuple[str, str]:
 
 
 def _params(**overrides) -> dict[str, str]:
-    cfg = validate_config(apply_overrides(default_config().model_dump(), overrides))
+    cfg = validate_config(apply_overrides(ExperimentConfig().model_dump(), overrides))
     params = flatten_config(cfg)
     params.update({f"label.{axis}": params[axis] for axis in TABLE_AXES})
     return params
@@ -153,7 +159,6 @@ def test_logger_metrics_final_artifacts(store, tmp_path):
     logger.log_metrics({"pretrain/loss": 0.5}, step=2)
     mlogger = track.MlflowLogger(uri, run_id)
     mlogger.log_final({"pretrain/loss": 0.5, "pretrain/wall_time_s": 12.0})
-    mlogger.set_tags({"slurm_job_id": 7})
     picture = tmp_path / "reconstruction.png"
     picture.write_bytes(b"\x89PNG fake")
     logger.log_artifact(picture)
@@ -171,7 +176,6 @@ def test_logger_metrics_final_artifacts(store, tmp_path):
     ]
     assert run.data.metrics["final/pretrain/wall_time_s"] == 12.0
     assert run.data.metrics["final/pretrain/loss"] == 0.5
-    assert run.data.tags["slurm_job_id"] == "7"
     names = {f.path for f in client.list_artifacts(run_id)}
     assert names == {"reconstruction.png", "config.json", "checkpoint.txt"}
     local = Path(client.download_artifacts(run_id, "config.json", str(tmp_path)))

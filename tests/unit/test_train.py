@@ -11,10 +11,9 @@ import textwrap
 
 import pytest
 import torch
+from support import RecordingLogger
 
-from mae.config import apply_overrides, validate_config
 from mae.data import make_loader, pretrain_set
-from mae.logger import RecordingLogger
 from mae.model import build_mae
 from mae.train.checkpoint import load_checkpoint
 from mae.train.optim import build_optimizer
@@ -28,24 +27,18 @@ from mae.train.runtime import (
 )
 from mae.train.schedule import lr_at, peak_lr
 
-MICRO = {
-    "model.preset": "vit_micro_cpu",
-    "data.dataset": "digits",
+# Short pre-trainings on the micro scale: 3 epochs at batch 64.
+FAST = {
     "pretrain.epochs": 3,
     "pretrain.batch_size": 64,
     "pretrain.blr": 5e-3,
-    "pretrain.warmup_epochs": 1,
-    "runtime.threads": 1,
     "runtime.recon_images": 2,
 }
 
 
-def micro_cfg(**overrides):
-    return validate_config(apply_overrides({}, {**MICRO, **overrides}))
-
-
-def test_micro_pretraining_lowers_masked_loss(tmp_path):
-    cfg = micro_cfg(**{"pretrain.epochs": 8})
+@pytest.mark.slow
+def test_micro_pretraining_lowers_masked_loss(micro, tmp_path):
+    cfg = micro(FAST, **{"pretrain.epochs": 8})
     logger = RecordingLogger()
     result = pretrain(cfg, tmp_path, logger)
 
@@ -95,8 +88,8 @@ def _assert_same_state(a: dict, b: dict) -> None:
         assert torch.equal(a[name], b[name]), name
 
 
-def test_stop_and_resume_is_bit_identical(tmp_path):
-    cfg = micro_cfg(**{"runtime.checkpoint_every": 5})  # stopping must checkpoint by itself
+def test_stop_and_resume_is_bit_identical(micro, tmp_path):
+    cfg = micro(FAST, **{"runtime.checkpoint_every": 5})  # stopping must checkpoint by itself
     straight, interrupted = RecordingLogger(), RecordingLogger()
     full = pretrain(cfg, tmp_path / "straight", straight)
 
@@ -129,16 +122,16 @@ def test_stop_and_resume_is_bit_identical(tmp_path):
     assert again.metrics == []
 
 
-def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
-    pretrain(micro_cfg(), tmp_path, stop_after_epoch=1)
+def test_resume_refuses_a_checkpoint_of_another_config(micro, tmp_path):
+    pretrain(micro(FAST), tmp_path, stop_after_epoch=1)
     with pytest.raises(ValueError, match="belongs to pretrain run"):
-        pretrain(micro_cfg(**{"masking.ratio": 0.5}), tmp_path)
+        pretrain(micro(FAST, **{"masking.ratio": 0.5}), tmp_path)
 
 
-def test_gradient_accumulation_matches_one_big_batch():
+def test_gradient_accumulation_matches_one_big_batch(micro):
     """Two micro-batches of 32 accumulate the gradient of one batch of 64: with plain SGD (an
     update linear in the gradient) the weights after an epoch agree to float rounding."""
-    cfg = micro_cfg(**{"data.train_subset": 256, "pretrain.warmup_epochs": 0})
+    cfg = micro(FAST, **{"data.train_subset": 256, "pretrain.warmup_epochs": 0})
     dataset = pretrain_set(cfg)
     weights, start = {}, {}
     for accum in (1, 2):
@@ -159,10 +152,10 @@ def test_gradient_accumulation_matches_one_big_batch():
     assert gap < 1e-5 * moved
 
 
-def test_batch_must_split_into_micro_batches():
-    assert per_rank_batch(micro_cfg(**{"pretrain.accum_iter": 4}), 2) == 32
+def test_batch_must_split_into_micro_batches(micro):
+    assert per_rank_batch(micro(FAST, **{"pretrain.accum_iter": 4}), 2) == 32
     with pytest.raises(ValueError, match="accum_iter 3"):
-        per_rank_batch(micro_cfg(**{"pretrain.accum_iter": 3}), 1)
+        per_rank_batch(micro(FAST, **{"pretrain.accum_iter": 3}), 1)
 
 
 def test_lr_schedule_warms_up_linearly_then_cosine_to_min_lr():
@@ -179,8 +172,8 @@ def test_lr_schedule_warms_up_linearly_then_cosine_to_min_lr():
     assert all(a > b for a, b in zip(after, after[1:], strict=False))
 
 
-def test_weight_decay_spares_norms_biases_and_tokens():
-    cfg = micro_cfg()
+def test_weight_decay_spares_norms_biases_and_tokens(micro):
+    cfg = micro(FAST)
     model = build_mae(cfg)
     optimizer = build_optimizer(model, cfg.pretrain, lr=1e-2)
     assert optimizer.defaults["betas"] == (0.9, 0.95)
@@ -210,9 +203,9 @@ def test_weight_decay_spares_norms_biases_and_tokens():
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_share_the_batch(tmp_path):
+def test_ddp_two_processes_share_the_batch(micro, tmp_path):
     """torchrun with 2 CPU processes (gloo): rank 0 checkpoints, losses agree across ranks."""
-    cfg = micro_cfg(**{"pretrain.epochs": 2, "runtime.recon_images": 0})
+    cfg = micro(FAST, **{"pretrain.epochs": 2, "runtime.recon_images": 0})
     (tmp_path / "cfg.json").write_text(json.dumps(cfg.model_dump(mode="json")))
     script = tmp_path / "worker.py"
     script.write_text(
@@ -250,23 +243,24 @@ def test_ddp_two_processes_share_the_batch(tmp_path):
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
 
 
-def test_bf16_autocast_trains_like_fp32(tmp_path):
+@pytest.mark.slow
+def test_bf16_autocast_trains_like_fp32(micro, tmp_path):
     """The CUDA default (bf16 autocast) exercised on the CPU: same run, loss within 5% of fp32."""
     base = {"pretrain.epochs": 2, "data.train_subset": 512, "runtime.recon_images": 0}
-    fp32 = pretrain(micro_cfg(**base, **{"runtime.precision": "fp32"}), tmp_path / "fp32")
-    bf16 = pretrain(micro_cfg(**base, **{"runtime.precision": "bf16"}), tmp_path / "bf16")
+    fp32 = pretrain(micro(FAST, **base, **{"runtime.precision": "fp32"}), tmp_path / "fp32")
+    bf16 = pretrain(micro(FAST, **base, **{"runtime.precision": "bf16"}), tmp_path / "bf16")
     print("fp32 / bf16 final loss:", fp32["pretrain/loss"], bf16["pretrain/loss"])
     assert bf16["pretrain/loss"] != fp32["pretrain/loss"]  # autocast really ran
     assert bf16["pretrain/loss"] == pytest.approx(fp32["pretrain/loss"], rel=0.05)
 
 
-def test_runtime_choices(monkeypatch):
+def test_runtime_choices(micro, monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 1)
     assert resolve_precision(cpu, "auto") is None  # fp32 on the CPU
     assert resolve_precision(gpu, "auto") is torch.bfloat16
     assert resolve_precision(gpu, "fp32") is None
-    assert resolve_device(micro_cfg(**{"runtime.device": "cpu"}).runtime, 1) == cpu
-    assert resolve_device(micro_cfg(**{"runtime.device": "cuda"}).runtime, 1) == gpu  # per rank
+    assert resolve_device(micro(FAST, **{"runtime.device": "cpu"}).runtime, 1) == cpu
+    assert resolve_device(micro(FAST, **{"runtime.device": "cuda"}).runtime, 1) == gpu  # per rank
     monkeypatch.setenv("CI", "1")
     assert not progress_enabled(None)
     assert progress_enabled(True)

@@ -8,7 +8,6 @@ import pytest
 import torch
 from PIL import Image
 
-from mae.config import apply_overrides, validate_config
 from mae.data import dataset_info
 from mae.model import build_mae
 from mae.train.checkpoint import save_checkpoint
@@ -19,12 +18,6 @@ from mae.train.visualize import (
     reconstruction_grid,
 )
 
-MICRO = {"model.preset": "vit_micro_cpu", "data.dataset": "digits"}
-
-
-def micro_cfg(**overrides):
-    return validate_config(apply_overrides({}, {**MICRO, **overrides}))
-
 
 def _cell(png: np.ndarray, row: int, col: int) -> np.ndarray:
     """The drawn (96, 96, 3) image at (row, col): 8-pixel digits upscaled 12x, 2-pixel gaps,
@@ -33,8 +26,8 @@ def _cell(png: np.ndarray, row: int, col: int) -> np.ndarray:
     return png[top : top + 96, left : left + 96]
 
 
-def test_grid_has_four_columns_showing_original_masked_recon_and_paste(tmp_path):
-    cfg = micro_cfg()
+def test_grid_has_four_columns_showing_original_masked_recon_and_paste(micro, tmp_path):
+    cfg = micro()
     torch.manual_seed(0)
     model = build_mae(cfg)
     info = dataset_info(cfg)
@@ -61,10 +54,10 @@ def test_grid_has_four_columns_showing_original_masked_recon_and_paste(tmp_path)
 
 
 @pytest.mark.parametrize("kind", ["pixel", "norm_pixel"])
-def test_a_perfect_prediction_reconstructs_the_image(kind):
+def test_a_perfect_prediction_reconstructs_the_image(micro, kind):
     """Feed the decoder's output slot the exact target: the drawn reconstruction must be the
     input, which for norm_pixel needs each patch's own mean and variance put back."""
-    cfg = micro_cfg(**{"target.kind": kind})
+    cfg = micro(**{"target.kind": kind})
     model = build_mae(cfg)
     images = preview_images(cfg, 4)
     model.forward_decoder = lambda latent, ids_restore: model.target(model.patchify(images))
@@ -73,8 +66,8 @@ def test_a_perfect_prediction_reconstructs_the_image(kind):
     assert torch.allclose(pasted, images, atol=1e-4)
 
 
-def test_picture_from_a_checkpoint_alone(tmp_path):
-    cfg = micro_cfg(**{"target.kind": "norm_pixel"})
+def test_picture_from_a_checkpoint_alone(micro, tmp_path):
+    cfg = micro(**{"target.kind": "norm_pixel"})
     torch.manual_seed(0)
     model = build_mae(cfg)
     save_checkpoint(
