@@ -71,10 +71,16 @@ def build_classifier(
 
 
 def pretrained_encoder(cfg: ExperimentConfig, checkpoint: Path) -> dict[str, torch.Tensor]:
-    """The encoder weights of a pre-training checkpoint (its `model` entry), decoder dropped."""
+    """The encoder weights of a finished pre-training's checkpoint, decoder dropped. A checkpoint
+    of a pre-training that stopped early is refused: its encoder is not the one the config names."""
     state = load_checkpoint(checkpoint)
     if state is None:
         raise FileNotFoundError(f"no pre-training checkpoint at {checkpoint}")
+    if state.get("final") is None:
+        raise ValueError(
+            f"{checkpoint}: the pre-training stopped after epoch {state.get('epoch', '?')} and has "
+            "not finished; evaluations need a finished pre-training (run it to the end first)"
+        )
     mae = build_mae(cfg)
     mae.load_state_dict(state["model"])
     return mae.encoder_state_dict()

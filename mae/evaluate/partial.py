@@ -4,12 +4,14 @@ k = `cfg.partial.blocks`: 0 trains only the head (with the norm before or after 
 the MLP sub-block of the last block (norm2 + mlp: "essentially an MLP head"), k the last k
 blocks, and k = depth everything (full fine-tuning, the right end of Fig. 9). Frozen parameters
 get requires_grad False and their modules stay in eval mode; the recipe is otherwise
-fine-tuning's (paper A.1), with its own `cfg.partial` section.
+fine-tuning's (paper A.1), with its own `cfg.partial` section; like the paper, the best of several
+schedules can be chosen per k, on the validation split.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
 from functools import partial as bind
 from pathlib import Path
 
@@ -19,7 +21,9 @@ from torch import nn
 from mae.config import ExperimentConfig
 from mae.evaluate.finetune import finetune_setup
 from mae.evaluate.loop import run_protocol
-from mae.logger import MetricLogger
+from mae.logger import MetricLogger, NullLogger
+
+log = logging.getLogger(__name__)
 
 
 def tuned_modules(model: VisionTransformer, blocks: float) -> list[nn.Module]:
@@ -54,6 +58,20 @@ def freeze_all_but_last(model: VisionTransformer, blocks: float) -> Sequence[nn.
     return frozen_roots(model, {id(m) for module in tuned for m in module.modules()})
 
 
+class ScheduleLogger:
+    """Passes one schedule's metrics on under its own names: `partial/epochs100/val_top1`."""
+
+    def __init__(self, inner: MetricLogger, epochs: int):
+        self.inner, self.prefix = inner, f"partial/epochs{epochs}/"
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        renamed = {self.prefix + k.removeprefix("partial/"): v for k, v in metrics.items()}
+        self.inner.log_metrics(renamed, step)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.inner.log_artifact(path, artifact_path)
+
+
 def partial(
     cfg: ExperimentConfig,
     pretrain_checkpoint: Path | None,
@@ -61,7 +79,40 @@ def partial(
     logger: MetricLogger | None = None,
     stop_after_epoch: int | None = None,
 ) -> dict[str, float]:
-    """Fine-tune the last `cfg.partial.blocks` blocks; test-split top-1/top-5."""
+    """Fine-tune the last `cfg.partial.blocks` blocks; test-split top-1/top-5. With several
+    schedules (`partial.epochs` a list) each trains in its own folder and the best final
+    validation top-1 chooses whose test numbers are reported (never the test split)."""
+    schedules = cfg.partial.schedules
+    if len(schedules) == 1:
+        return _partial(cfg, pretrain_checkpoint, Path(workdir), logger, stop_after_epoch)
+    logger = logger or NullLogger()
+    results = {}
+    for epochs in schedules:
+        one = cfg.model_copy(update={"partial": cfg.partial.model_copy(update={"epochs": epochs})})
+        results[epochs] = _partial(
+            one,
+            pretrain_checkpoint,
+            Path(workdir) / f"epochs{epochs}",
+            ScheduleLogger(logger, epochs),
+            stop_after_epoch,
+        )
+    best = max(schedules, key=lambda e: results[e]["partial/val_top1"])
+    log.info("partial: %d epochs has the best validation top-1 of %s", best, schedules)
+    chosen = {**results[best], "partial/best_epochs": float(best)}
+    if all("partial/wall_time_s" in r for r in results.values()):
+        chosen["partial/wall_time_s"] = sum(r["partial/wall_time_s"] for r in results.values())
+    for epochs, result in results.items():
+        chosen[f"partial/epochs{epochs}/val_top1"] = result["partial/val_top1"]
+    return chosen
+
+
+def _partial(
+    cfg: ExperimentConfig,
+    pretrain_checkpoint: Path | None,
+    workdir: Path,
+    logger: MetricLogger | None,
+    stop_after_epoch: int | None,
+) -> dict[str, float]:
     freeze = bind(freeze_all_but_last, blocks=cfg.partial.blocks)
     build = bind(finetune_setup, "partial", cfg, pretrain_checkpoint, freeze=freeze)
     return run_protocol("partial", cfg, workdir, build, logger, stop_after_epoch)

@@ -72,7 +72,9 @@ class Progress:
             spec = self.specs[key]
             epoch = read_progress(spec.workdir)
             if epoch is not None:
-                shown.append(f"{spec.name} {epoch}/{spec.config[spec.stage]['epochs']}")
+                total = spec.config[spec.stage]["epochs"]  # partial: possibly several schedules
+                total = ",".join(map(str, total)) if isinstance(total, list) else total
+                shown.append(f"{spec.name} {epoch}/{total}")
         return shown
 
     def counts(self, state_of: Mapping[str, str] | None = None) -> dict[str, Counter[str]]:

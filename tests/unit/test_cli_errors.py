@@ -66,8 +66,8 @@ MALFORMED = [
         "repeats [0]",
     ),
     (
-        "duplicate_by_scale_map",  # 64 is what tiny maps the paper's 512 to
-        "cases:\n  - {decoder.width: 512}\n  - {decoder.width: 64}\n",
+        "duplicate_by_scale_map",  # 48 is what tiny maps the paper's 512 to
+        "cases:\n  - {decoder.width: 512}\n  - {decoder.width: 48}\n",
         "cases[1].decoder.width",
         "plans the same runs as cases[0].decoder.width",
     ),

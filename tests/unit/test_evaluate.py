@@ -322,6 +322,35 @@ def test_workdir_of_another_run_is_refused(micro, tmp_path: Path) -> None:
         run_eval("pretrain", micro(RECIPE), None, tmp_path)
 
 
+def test_a_pretraining_that_has_not_finished_is_refused(micro, tmp_path: Path) -> None:
+    cfg = micro(RECIPE, **{"pretrain.epochs": 3})
+    pretrain(cfg, tmp_path / "pretrain", stop_after_epoch=1)
+    with pytest.raises(ValueError, match="stopped after epoch 1 and has not finished") as err:
+        run_eval("linprobe", cfg, tmp_path / "pretrain" / "checkpoint.pt", tmp_path / "probe")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "probe" / "checkpoint.pt").exists()
+
+
+def test_partial_takes_the_schedule_with_the_best_validation_accuracy(
+    micro, checkpoint: Path, tmp_path: Path
+) -> None:
+    """Paper A.1: several schedules per k, the best chosen on validation, its test reported."""
+    cfg = micro(RECIPE, **{"partial.epochs": [1, 3], "partial.train_subset": 256})
+    logger = RecordingLogger()
+    result = run_eval("partial", cfg, checkpoint, tmp_path, logger)
+    one, three = (result[f"partial/epochs{e}/val_top1"] for e in (1, 3))
+    best = 1 if one > three else 3
+    assert result["partial/best_epochs"] == best
+    alone = micro(RECIPE, **{"partial.epochs": best, "partial.train_subset": 256})
+    chosen = run_eval("partial", alone, checkpoint, tmp_path / f"epochs{best}")  # its checkpoint
+    assert {k: result[k] for k in ("partial/top1", "partial/val_top1")} == {
+        k: chosen[k] for k in ("partial/top1", "partial/val_top1")
+    }
+    names = {name for _, metrics in logger.metrics for name in metrics}
+    assert {"partial/epochs1/val_top1", "partial/epochs3/val_top1"} <= names
+    assert not any(name == "partial/val_top1" for name in names)  # never one series for both
+
+
 # --------------------------------------------------------------------------- accuracy (micro)
 
 

@@ -143,9 +143,10 @@ def test_pos_embed_matches_the_official_function(dim: int, grid: int) -> None:
 
 
 def test_model_uses_fixed_sincos_for_encoder_and_decoder(micro) -> None:
-    model = build_mae(micro())
-    torch.testing.assert_close(model.pos_embed[0], sincos_2d(48, 4))
-    torch.testing.assert_close(model.decoder_pos_embed[0], sincos_2d(32, 4))
+    cfg = micro()
+    model = build_mae(cfg)
+    torch.testing.assert_close(model.pos_embed[0], sincos_2d(cfg.encoder.width, 4))
+    torch.testing.assert_close(model.decoder_pos_embed[0], sincos_2d(cfg.decoder.width, 4))
 
 
 def test_official_initialisation() -> None:
@@ -204,10 +205,10 @@ def test_matches_huggingface_vitmae_with_the_same_weights_and_noise(micro) -> No
         image_size=8,
         patch_size=2,
         num_channels=1,
-        decoder_hidden_size=32,
+        decoder_hidden_size=cfg.decoder.width,
         decoder_num_hidden_layers=cfg.decoder.depth,
-        decoder_num_attention_heads=2,
-        decoder_intermediate_size=128,
+        decoder_num_attention_heads=cfg.decoder.heads,
+        decoder_intermediate_size=4 * cfg.decoder.width,
         layer_norm_eps=1e-6,
         mask_ratio=0.75,
         norm_pix_loss=True,

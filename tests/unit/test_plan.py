@@ -74,7 +74,7 @@ def test_scales_give_different_keys() -> None:
 
 def test_labels_are_paper_values_configs_are_scale_values() -> None:
     width = run_named(plan("decoder_width", "tiny"), "width=128/seed0/linprobe")
-    assert width.labels["decoder.width"] == "128" and width.config.decoder.width == 16
+    assert width.labels["decoder.width"] == "128" and width.config.decoder.width == 12
     assert width.labels["decoder.depth"] == "8" and width.config.decoder.depth == 2
     assert width.labels["pretrain.epochs"] == "800" and width.config.pretrain.epochs == 60
     sched = run_named(plan("training_schedule", "tiny"), "epochs=1600/seed0/pretrain")

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mae.config import TABLE_AXES, validate_config
+from mae.config import TABLE_AXES, run_key, validate_config
 from mae.schema import ConfigError
-from mae.sweep.scale import label_str, load_scale
+from mae.sweep.scale import available_scales, label_str, load_scale
 from mae.sweep.spec import available_studies, load_study, parse_study
 
 SCALES = ("micro", "tiny", "small", "paper")
@@ -127,16 +127,38 @@ def test_scale_values() -> None:
         40,
     )
     assert (paper.finetune.drop_path, paper.linprobe.batch_size) == (0.2, 16384)
+    assert paper.linprobe.augmentation == "crop_rand"  # the official probe's crop + flip
+    assert paper.partial.schedules == [50, 100, 200]  # paper A.1: the best of three per k
+
+
+@pytest.mark.parametrize("name", available_scales())
+def test_decoder_width_labels_are_relative_to_the_encoder(name: str) -> None:
+    """The paper's widths are of a 1024-d ViT-L: label 1024 is the encoder's own width, 512 half."""
+    scale = load_scale(name)
+    width = validate_config(scale.config).encoder.width
+    for label in (128, 256, 512, 768, 1024):
+        available, value = scale.lookup("decoder.width", label)
+        assert available and value == label * width // 1024, (label, value)
+
+
+def test_settings_without_effect_are_not_recorded() -> None:
+    """With augmentation none the timm policy never runs: it is neither logged nor hashed."""
+    plain = validate_config({"finetune": {"augmentation": "none", "randaug": "rand-m5-mstd0.5"}})
+    assert (plain.finetune.randaug, plain.finetune.reprob) == (None, 0.0)
+    other = validate_config({"finetune": {"augmentation": "none", "reprob": 0.5}})
+    assert run_key(plain, "finetune") == run_key(other, "finetune")
+    timm = validate_config({"finetune": {"augmentation": "timm", "reprob": 0.5}})
+    assert timm.finetune.reprob == 0.5 and run_key(timm, "finetune") != run_key(other, "finetune")
 
 
 def test_scale_maps_translate_both_ways() -> None:
     tiny = load_scale("tiny")
-    assert tiny.lookup("decoder.width", 128) == (True, 16)
+    assert tiny.lookup("decoder.width", 128) == (True, 12)
     assert tiny.lookup("pretrain.epochs", 1600) == (True, 120)
     assert tiny.lookup("decoder.depth", 2) == (False, None)  # no counterpart at tiny
     assert tiny.lookup("masking.ratio", 0.3) == (True, 0.3)  # unmapped keys pass through
     assert tiny.lookup("pretrain.epochs", 7) == (True, 7)  # unmapped labels pass through
-    assert tiny.label("decoder.width", 16) == 128
+    assert tiny.label("decoder.width", 12) == 128
     assert tiny.label("partial.blocks", 4.0) == 24
     assert label_str(tiny.label("partial.blocks", 0.5)) == "0.5"
     assert label_str(24.0) == "24" and label_str(True) == "True" and label_str(0.75) == "0.75"
