@@ -115,6 +115,9 @@ class ProgressFile:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.inner.log_artifact(path, artifact_path)
 
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.inner.set_tags(tags)
+
 
 def read_progress(workdir: str | Path) -> int | None:
     """The last epoch a job in `workdir` reported, or None before its first."""

@@ -18,10 +18,16 @@ class MetricLogger(Protocol):
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """A file produced by the run (a PNG, a JSON summary)."""
 
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Facts about the run that are not numbers (e.g. that a checkpoint was recovered)."""
+
 
 class NullLogger:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         pass
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
         pass

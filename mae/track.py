@@ -350,6 +350,9 @@ class MlflowLogger:
         so tables read these keys instead of a per-epoch series."""
         self.log_metrics({f"final/{k}": v for k, v in metrics.items()}, step)
 
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
         self._client.log_dict(self.run_id, dict(data), artifact_file)
 

@@ -17,12 +17,16 @@ class RecordingLogger:
 
     metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     artifacts: list[tuple[Path, str | None]] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         self.metrics.append((step, dict(metrics)))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.artifacts.append((Path(path), artifact_path))
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.tags.update(tags)
 
     def series(self, name: str) -> list[float]:
         return [m[name] for _, m in self.metrics if name in m]

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from mae.config import EvalCommon, ExperimentConfig, run_key
 from mae.data import make_loader
 from mae.logger import MetricLogger, NullLogger
-from mae.train.checkpoint import Checkpointer, Progress, capture_rng
+from mae.train.checkpoint import RECOVERY_TAG, Checkpointer, Progress, capture_rng
 from mae.train.optim import set_lr
 from mae.train.runtime import DistInfo, autocast, prepare, progress, seed_everything
 from mae.train.schedule import lr_at, peak_lr
@@ -178,6 +178,8 @@ def run_protocol(
     logger = logger or NullLogger()
     checkpointer = Checkpointer(workdir, stage, run_key(cfg, stage), cfg)
     state = checkpointer.load() or Progress()
+    if checkpointer.recovered:
+        logger.set_tags({RECOVERY_TAG: checkpointer.recovered})
     if state.final is not None:
         log.info("%s already finished in %s", stage, workdir)
         return state.final

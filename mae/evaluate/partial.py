@@ -71,6 +71,9 @@ class ScheduleLogger:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.inner.log_artifact(path, artifact_path)
 
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.inner.set_tags(tags)
+
 
 def partial(
     cfg: ExperimentConfig,

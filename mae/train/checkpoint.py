@@ -11,12 +11,14 @@ reads back:
     elapsed_s               seconds spent in earlier processes of the run
     final                   None while the run trains; its result once it has finished
 
-Writes are atomic (temporary file, fsync, rename), so a reader sees the previous checkpoint or the
-new one, never half of one.
+Every checkpoint has its sha256 beside it, and the one it replaced is kept as
+`checkpoint.prev.pt`: a latest file that is corrupt or truncated (a full disk, a copy cut short,
+bit rot) is detected on load and the previous one used instead, with a warning the run records.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -36,26 +38,75 @@ from mae.train.runtime import DistInfo, seed_everything
 
 log = logging.getLogger(__name__)
 
+RECOVERY_TAG = "checkpoint_recovered"  # the run tag saying why its latest checkpoint was not used
+
+
+def previous_of(path: Path) -> Path:
+    """Where the checkpoint before `path` is kept: `checkpoint.prev.pt`."""
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def checksum_of(path: Path) -> Path:
+    """The checksum beside a checkpoint, in `sha256sum` format: `checkpoint.pt.sha256`."""
+    return path.with_name(path.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """Rename if `src` exists (another rank may have renamed it first)."""
+    try:
+        os.replace(src, dst)
+    except FileNotFoundError:
+        pass
+
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomically replace `path` with `state` (temp file + fsync + os.replace)."""
+    """Write `state` to `path` so that a reader always finds an intact checkpoint.
+
+    The new file is written to a temporary name, flushed to disk and verified against its
+    checksum; only then does the checkpoint it replaces become `checkpoint.prev.pt` and the new one
+    take its name, each with its checksum beside it. A crash or a full disk at any point leaves
+    the latest or the previous checkpoint intact, never half of one under either name.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        digest = _sha256(tmp)
+        torch.load(tmp, map_location="cpu", weights_only=True)  # readable before it counts
+        _replace(path, previous_of(path))
+        _replace(checksum_of(path), checksum_of(previous_of(path)))
+        _write_atomically(checksum_of(path), f"{digest}  {path.name}\n")
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
 
 
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable (POSIX; a no-op where directories cannot be opened)."""
+    """Make the renames themselves durable (POSIX; a no-op where directories cannot be opened)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -66,12 +117,47 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any] | None:
-    """The checkpoint at `path` on the CPU, or None when there is none."""
-    path = Path(path)
+def _intact(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(state, None) when `path` loads and matches its checksum, else (None, why not)."""
     if not path.exists():
-        return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+        return None, f"{path.name} is missing"
+    recorded = checksum_of(path)
+    if recorded.exists():
+        expected = recorded.read_text().split()[0] if recorded.read_text().strip() else ""
+        if _sha256(path) != expected:
+            return None, f"{path.name} does not match its checksum (corrupt or truncated)"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True), None
+    except Exception as exc:  # a truncated zip, a foreign file: all the same to a resume
+        return None, f"{path.name} cannot be read ({type(exc).__name__})"
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """The newest intact checkpoint at `path` and, when it is not the latest file, why: the
+    latest is used when it matches its checksum, else the previous one. (None, None) when the
+    run has no checkpoint; (None, why) when none is intact."""
+    path = Path(path)
+    if not path.exists() and not previous_of(path).exists():
+        return None, None
+    state, problem = _intact(path)
+    if problem is None:
+        return state, None
+    older, older_problem = _intact(previous_of(path))
+    if older_problem is None:
+        note = f"{problem}; resumed from the previous checkpoint (epoch {older.get('epoch')})"
+        log.warning("%s: %s", path, note)
+        return older, note
+    log.warning("%s: %s, and %s", path, problem, older_problem)
+    return None, f"{problem}, and {older_problem}"
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The newest intact checkpoint at `path` (see `read_checkpoint`), or None when there is
+    none; raises when files exist but none of them is intact."""
+    state, problem = read_checkpoint(path)
+    if state is None and problem is not None:
+        raise ValueError(f"{path}: no intact checkpoint: {problem}")
+    return state
 
 
 def capture_rng() -> dict[str, Any]:
@@ -130,10 +216,19 @@ class Checkpointer:
         self.stage, self.key, self.config = stage, key, canonical_json(cfg)
         self.started = time.perf_counter()
         self.state: dict[str, Any] | None = None
+        self.recovered: str | None = None  # why the latest checkpoint could not be used
 
     def load(self) -> Progress | None:
-        """The saved progress (None before the first checkpoint); refuses another run's file."""
-        self.state = load_checkpoint(self.path)
+        """The saved progress (None before the first checkpoint); refuses another run's file.
+
+        A damaged latest checkpoint gives way to the previous one; when none is intact the damaged
+        files are set aside (`*.corrupt`) and the run starts over. Either way `self.recovered`
+        says what happened, for the run's record."""
+        self.state, self.recovered = read_checkpoint(self.path)
+        if self.state is None and self.recovered is not None:
+            for damaged in (self.path, previous_of(self.path)):
+                _replace(damaged, damaged.with_name(damaged.name + ".corrupt"))
+            self.recovered += "; started over"
         if self.state is None:
             return None
         if self.state["key"] != self.key:

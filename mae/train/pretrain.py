@@ -29,7 +29,7 @@ from mae.logger import MetricLogger, NullLogger
 from mae.model import MaskedAutoencoder, build_mae
 from mae.paths import RECONSTRUCTION
 from mae.train import visualize
-from mae.train.checkpoint import Checkpointer, Progress, capture_rng
+from mae.train.checkpoint import RECOVERY_TAG, Checkpointer, Progress, capture_rng
 from mae.train.optim import build_optimizer, set_lr
 from mae.train.runtime import (
     DistInfo,
@@ -224,6 +224,8 @@ def _pretrain(
     epochs, picture = cfg.pretrain.epochs, workdir / RECONSTRUCTION
     checkpointer = Checkpointer(workdir, "pretrain", pretrain_key(cfg), cfg)
     state = checkpointer.load() or Progress()
+    if checkpointer.recovered and info.is_main:
+        logger.set_tags({RECOVERY_TAG: checkpointer.recovered})
     if state.final is not None:
         log.info("pre-training %s already finished in %s", checkpointer.key[:12], workdir)
         if info.is_main and cfg.runtime.recon_images and not picture.exists():

@@ -122,6 +122,19 @@ def test_stop_and_resume_is_bit_identical(micro, tmp_path):
     assert again.metrics == []
 
 
+def test_a_damaged_checkpoint_resumes_from_the_previous_one_and_says_so(micro, tmp_path):
+    cfg = micro(FAST)
+    full = pretrain(cfg, tmp_path / "straight")
+    pretrain(cfg, tmp_path / "damaged", stop_after_epoch=2)  # latest: epoch 2, previous: epoch 1
+    latest = tmp_path / "damaged" / "checkpoint.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])  # truncated, as by a full disk or a bad copy
+    logger = RecordingLogger()
+    resumed = pretrain(cfg, tmp_path / "damaged", logger)
+    assert "previous checkpoint (epoch 1)" in logger.tags["checkpoint_recovered"]
+    assert [step for step, _ in logger.metrics] == [2, 3]  # epoch 2 trained again, exactly
+    assert resumed["pretrain/loss"] == full["pretrain/loss"]
+
+
 def test_resume_refuses_a_checkpoint_of_another_config(micro, tmp_path):
     pretrain(micro(FAST), tmp_path, stop_after_epoch=1)
     with pytest.raises(ValueError, match="belongs to pretrain run"):
