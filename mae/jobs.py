@@ -14,6 +14,8 @@ import fcntl
 import json
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +33,23 @@ from mae.paths import CHECKPOINT, PROGRESS, RECONSTRUCTION
 log = logging.getLogger(__name__)
 
 LOCK = "job.lock"
+END_REASON = "end_reason"  # the run tag saying why a run ended FAILED or KILLED
+
+
+class JobInterrupted(BaseException):
+    """SIGTERM reached the job: `scancel`, an outside `scontrol requeue`, a node going down or the
+    local queue cancelling it. Raised in the training loop so that the run is closed with the
+    reason before the process is killed; its last checkpoint is where the run resumes."""
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise JobInterrupted(f"received {signal.Signals(signum).name}")
+
+
+def one_line(exc: BaseException) -> str:
+    """`Type: first line of the message`, what a run's end_reason tag and the summary show."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -147,6 +166,22 @@ def run_stage(
     return run_eval(spec.stage, cfg, checkpoint, workdir, logger)
 
 
+def close_run(spec: JobSpec, run_id: str, status: str, reason: str) -> None:
+    """End a run FAILED or KILLED, saying why in its `end_reason` tag."""
+    track.MlflowLogger(spec.tracking_uri, run_id).set_tags({END_REASON: reason})
+    track.finish_run(spec.tracking_uri, run_id, status)
+
+
+def close_abandoned(spec: JobSpec, reason: str) -> bool:
+    """KILLED for a run still RUNNING whose job died without closing it (kill -9, a node failure,
+    a cancel that came too hard); True when there was one. Planning resumes KILLED runs."""
+    record = track.find_runs(spec.tracking_uri, spec.experiment_id, [spec.key]).get(spec.key)
+    if record is None or record.status != "RUNNING":
+        return False
+    close_run(spec, record.run_id, "KILLED", reason)
+    return True
+
+
 class StageJob(submitit.helpers.Checkpointable):
     """One stage of one run. `checkpoint()` (inherited) resubmits the same job with the same
     spec on timeout or preemption; the MLflow run stays RUNNING in between and the next start
@@ -165,6 +200,8 @@ class StageJob(submitit.helpers.Checkpointable):
             submitit.helpers.TorchDistributedEnvironment().export(
                 set_cuda_visible_devices=False, overwrite=True
             )
+        if env is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _interrupt)  # submitit's own handler ignores it
         cfg = validate_config(spec.config, source=spec.name)
         workdir = Path(spec.workdir)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -192,8 +229,11 @@ class StageJob(submitit.helpers.Checkpointable):
             results = run_stage(spec, cfg, workdir, ProgressFile(logger, workdir))
             logger.log_final(results)
             self._log_outputs(workdir, logger)
-        except Exception:
-            track.finish_run(spec.tracking_uri, run_id, "FAILED")
+        except (JobInterrupted, KeyboardInterrupt) as exc:  # resumable: its checkpoint is kept
+            close_run(spec, run_id, "KILLED", f"interrupted ({one_line(exc)})")
+            raise
+        except Exception as exc:  # NaN loss, bad data...: not resumed unless asked to retry
+            close_run(spec, run_id, "FAILED", one_line(exc))
             raise
         track.finish_run(spec.tracking_uri, run_id, "FINISHED")
         log.info("%s: finished run %s: %s", spec.name, run_id, results)

@@ -86,7 +86,14 @@ def artifact_location(uri: str) -> str | None:
 
 
 def _check_reachable(uri: str) -> None:
-    """Fail fast on a server that does not answer: MLflow's own client retries for minutes."""
+    """Fail fast on a URI MLflow cannot use (its own message is a paragraph) and on a server that
+    does not answer (MLflow's client retries for minutes)."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
+    if scheme not in (*SQL_SCHEMES, "http", "https", "databricks"):
+        raise TrackingError(
+            f"bad tracking URI {uri}: use sqlite:///path/to/mlruns.db, an http(s):// MLflow server "
+            "or a database URL (postgresql://, mysql://, mssql://)"
+        )
     if not uri.startswith(("http://", "https://")):
         return
     try:

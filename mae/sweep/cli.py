@@ -3,7 +3,9 @@
 Everything is validated before anything happens: the study, the scale, the cluster profile, the
 `--set` overrides and every expanded config. A bad input is one line on stderr and exit code 2,
 with nothing launched and nothing written to the tracking store (it is created only afterwards).
-Exit codes: 0 every run finished, 1 some runs failed (listed), 2 bad input.
+Exit codes: 0 every run finished, 1 some runs failed (listed), 2 bad input, 130 interrupted
+(Ctrl-C: nothing more is launched; running jobs are cancelled, or left running with
+--leave-running, and the study resumes where it stopped when run again).
 """
 
 from __future__ import annotations
@@ -27,14 +29,15 @@ from mae.sweep.spec import StudySpec, available_studies, load_study
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="studies/run.py",
         description="Plan and run a study of MAE ablations (studies/<name>.yaml).",
-        epilog="Exit codes: 0 all runs finished, 1 some runs failed, 2 bad input.",
+        epilog="Exit codes: 0 all runs finished, 1 some runs failed, 2 bad input, "
+        "130 interrupted (run the study again to resume).",
     )
     parser.add_argument("study", help="a study name (studies/<name>.yaml) or a path to one")
     parser.add_argument("--scale", help="micro | tiny | small | paper (default: the study's)")
@@ -61,6 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", help="comma-separated seeds replacing the study's, e.g. 0,1,2")
     parser.add_argument("--retry-failed", action="store_true", help="rerun runs that failed")
     parser.add_argument("--runs-dir", type=Path, help="checkpoints and pictures (default: runs/)")
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=3,
+        help="local queue: start a job that died without a result (killed) again from its "
+        "checkpoint up to this many times (default 3; Slurm requeues by itself)",
+    )
+    parser.add_argument(
+        "--leave-running",
+        action="store_true",
+        help="on Ctrl-C, leave the running Slurm jobs to finish instead of cancelling them",
+    )
     return parser
 
 
@@ -78,15 +93,17 @@ def parse_seeds(text: str | None) -> list[int] | None:
 
 
 def check_cluster(name: str) -> None:
-    """`local`, `debug`, or a Slurm profile that exists and validates."""
+    """`local`, `debug`, or a Slurm profile that exists, validates and names a usable folder."""
     if name not in IN_PROCESS:
-        load_profile(name)
+        load_profile(name).folder()
 
 
 def prepare(args: argparse.Namespace) -> tuple[StudySpec, Scale, Plan]:
     """Every check that can fail on bad input, in the order a user would fix them."""
     if args.max_parallel is not None and args.max_parallel < 1:
         raise ConfigError("--max-parallel", "max_parallel", args.max_parallel, "at least 1")
+    if args.max_restarts < 0:
+        raise ConfigError("--max-restarts", "max_restarts", args.max_restarts, "at least 0")
     spec = load_study(args.study)
     scale = load_scale(args.scale or spec.scale)
     check_cluster(args.cluster)
@@ -154,6 +171,8 @@ def run(args: argparse.Namespace, spec: StudySpec, scale: Scale, plan: Plan) -> 
         tracking_uri=uri,
         experiment_id=experiment_id,
         runs_dir=args.runs_dir,
+        max_restarts=args.max_restarts,
+        leave_running=args.leave_running,
     )
     failed = list(report.failed)
     if not args.retry_failed:
@@ -172,6 +191,12 @@ def run(args: argparse.Namespace, spec: StudySpec, scale: Scale, plan: Plan) -> 
         print(f"  FAILED {name}: {error}")
     for run in unavailable:
         print(f"  unavailable {run.name}: {run.reason}")
+    if report.interrupted:
+        what = "left running" if args.leave_running else "cancelled"
+        print(
+            f"interrupted: {len(report.interrupted)} job(s) {what}; run the study again to resume"
+        )
+        return EXIT_INTERRUPTED
     print(f"Runs: `make ui` (MLflow UI on {uri}), experiment {track.experiment_name(scale.name)}")
     print(f"Tables: python analysis/make_tables.py --scale {scale.name}")
     return EXIT_FAILED if failed else EXIT_OK

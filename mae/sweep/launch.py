@@ -25,7 +25,7 @@ from submitit.local.debug import DebugJob
 from submitit.slurm.slurm import SlurmJob
 
 from mae import track
-from mae.jobs import JobSpec, StageJob
+from mae.jobs import JobSpec, StageJob, close_abandoned, one_line
 from mae.paths import runs_dir as default_runs_dir
 from mae.sweep.plan import Plan, PlannedRun
 from mae.sweep.profile import (
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # local jobs run to the end; submitit's default is 2 min
 LOCAL_POLL_S = 0.25
 SLURM_POLL_S = 3.0
+CANCEL_GRACE_S = 30.0  # after Ctrl-C, how long cancelled jobs get to close their own runs
 
 
 # --------------------------------------------------------------------------- selecting runs
@@ -55,10 +56,11 @@ class LaunchReport:
     finished: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    interrupted: list[str] = field(default_factory=list)  # cancelled or left running by Ctrl-C
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.interrupted
 
 
 def select_runs(
@@ -128,43 +130,68 @@ def default_max_parallel(runs: Sequence[PlannedRun]) -> int:
 
 
 def _one_line(exc: BaseException) -> str:
-    """`Type: message` of an exception; for a remote job's, the last line of its traceback."""
-    if isinstance(exc, FailedJobError | UncompletedJobError):
-        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-        tail = next((ln for ln in reversed(lines) if not ln.startswith((" ", "-"))), None)
-        return (tail or type(exc).__name__).strip()
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+    """`Type: message` of an exception; for a remote job's, the last line of its traceback
+    (submitit puts the job's traceback between two dashed lines, then where the logs are)."""
+    if not isinstance(exc, FailedJobError | UncompletedJobError):
+        return one_line(exc)
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    rules = [i for i, ln in enumerate(lines) if set(ln.strip()) == {"-"}]
+    trace = lines[rules[0] + 1 : rules[-1]] if len(rules) >= 2 else lines
+    tail = next((ln for ln in reversed(trace) if not ln.startswith((" ", "-"))), None)
+    return (tail or type(exc).__name__).strip()
 
 
-def job_outcome(job: submitit.Job[Any]) -> str | None:
-    """None when the job returned, else one line saying why not."""
+@dataclass(frozen=True)
+class Outcome:
+    """How a job ended: `error` None when it returned; `died` when it ended without a result
+    (killed, cancelled, its node lost), so that its run may still be RUNNING in MLflow."""
+
+    error: str | None = None
+    died: bool = False
+
+
+def job_outcome(job: submitit.Job[Any]) -> Outcome:
     if isinstance(job, DebugJob) or job.paths.result_pickle.exists() or job.state == "COMPLETED":
         exc = job.exception()
-        return None if exc is None else _one_line(exc)
-    return f"job {job.job_id} ended without a result ({job.state}); log: {job.paths.stderr}"
+        return Outcome(None if exc is None else _one_line(exc))
+    why = f"job {job.job_id} died without a result (state {job.state}); log: {job.paths.stderr}"
+    return Outcome(why, died=True)
+
+
+def _ended(progress: Progress, key: str, outcome: Outcome, restarts: int) -> None:
+    """Record a job's end. One that died has its run closed KILLED (resumable) if nobody did,
+    and is started again while `restarts` allows (the local queue; Slurm requeues by itself)."""
+    if outcome.died:
+        close_abandoned(progress.specs[key], outcome.error or "died")
+    again = outcome.died and progress.restarts[key] < restarts
+    progress.record(key, outcome.error, restart=again)
 
 
 # --------------------------------------------------------------------------- executors
 
 
 def _local_queue(
-    executor: submitit.Executor, progress: Progress, max_parallel: int, summary: Summary
+    executor: submitit.Executor,
+    progress: Progress,
+    max_parallel: int,
+    summary: Summary,
+    restarts: int,
 ) -> None:
-    """Keep at most `max_parallel` jobs running; start the next one when one ends."""
+    """Keep at most `max_parallel` jobs running; start the next one when one ends, and start a
+    job that died without a result (kill -9, the OOM killer) again up to `restarts` times."""
     while progress.waiting or progress.running:
         progress.fail_dependents()
         for key in progress.ready()[: max(0, max_parallel - len(progress.running))]:
             progress.waiting.remove(key)
-            progress.running[key] = executor.submit(StageJob(), progress.specs[key])
-        summary.show(progress.counts(), progress.epochs())
+            progress.start(key, executor.submit(StageJob(), progress.specs[key]))
+        summary.show(progress.counts(), progress.epochs(), progress.overview())
         for key, job in list(progress.running.items()):
             # a debug job runs here, inside job_outcome; its done() would open pdb on a failure
             if isinstance(job, DebugJob) or job.done():
-                progress.record(key, job_outcome(job))
+                _ended(progress, key, job_outcome(job), restarts)
         if progress.running:
             time.sleep(LOCAL_POLL_S)
-    summary.show(progress.counts())
+    summary.show(progress.counts(), overview=progress.overview())
 
 
 def _set_dependency(job_id: str, dependency: str) -> None:
@@ -211,7 +238,7 @@ def _submit_arrays(
             continue
         for key, job in zip(keys, jobs, strict=True):
             progress.waiting.remove(key)
-            progress.running[key] = job
+            progress.running[key] = job  # submitted; running once sacct says so
             own = f"afterok:{parents[key]}" if key in parents else ""
             if parents and own != params["dependency"]:
                 _set_dependency(job.job_id, own)
@@ -227,14 +254,35 @@ def _slurm_wait(progress: Progress, summary: Summary) -> None:
             k: j.watcher.get_state(j.job_id, mode="cache") for k, j in progress.running.items()
         }
         for key, job in list(progress.running.items()):
+            if states[key] == "RUNNING":
+                progress.mark_running(key)
             if job.watcher.is_done(job.job_id, mode="cache") or job.paths.result_pickle.exists():
-                progress.record(key, job_outcome(job))
+                _ended(progress, key, job_outcome(job), restarts=0)  # Slurm requeues by itself
         for job in progress.fail_dependents():
             job.cancel(check=False)
-        summary.show(progress.counts(states), progress.epochs())
+        summary.show(progress.counts(states), progress.epochs(), progress.overview())
         if progress.running:
             time.sleep(SLURM_POLL_S)
-    summary.show(progress.counts())
+    summary.show(progress.counts(), overview=progress.overview())
+
+
+def _interrupted(progress: Progress, leave_running: bool) -> list[str]:
+    """Ctrl-C: launch nothing more; cancel the running jobs and close their runs KILLED (they
+    resume next time), or leave them running. Returns the names of the jobs concerned."""
+    names = [progress.specs[key].name for key in progress.running]
+    if leave_running:
+        log.warning("interrupted: %d job(s) left running: %s", len(names), ", ".join(names))
+        return names
+    log.warning("interrupted: cancelling %d running job(s)", len(names))
+    jobs = [job for job in progress.running.values() if not isinstance(job, DebugJob)]
+    for job in jobs:
+        job.cancel(check=False)
+    deadline = time.monotonic() + CANCEL_GRACE_S  # each job closes its own run if it can
+    while time.monotonic() < deadline and not all(job.done(force_check=True) for job in jobs):
+        time.sleep(1.0)
+    for key in progress.running:
+        close_abandoned(progress.specs[key], "cancelled: the launch was interrupted (Ctrl-C)")
+    return names
 
 
 # --------------------------------------------------------------------------- entry points
@@ -301,12 +349,17 @@ def launch(
     runs_dir: str | Path | None = None,
     profile: SlurmProfile | None = None,
     summary_stream: TextIO | None = None,
+    max_restarts: int = 3,
+    leave_running: bool = False,
 ) -> LaunchReport:
     """Run the plan's runs that still need running and wait for them.
 
     `cluster`: `local` (a bounded queue of local processes; at most `max_parallel`, by default
     as many as the cores allow at the runs' `runtime.threads`), `debug` (one at a time inside
     this process), or a Slurm profile name (`profile` overrides the file, e.g. in tests).
+    A local job that dies without a result is started again up to `max_restarts` times, from its
+    checkpoint. Ctrl-C stops launching and cancels the running jobs (their runs end KILLED and
+    resume next time), or with `leave_running` lets them finish on their own.
     """
     todo, skipped = select_runs(plan.runs, retry_failed)
     report = LaunchReport(skipped=skipped)
@@ -330,12 +383,15 @@ def launch(
                 executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN)
                 slots = max_parallel or default_max_parallel(todo)
             log.info("launching %d jobs (%s, at most %d at once)", len(specs), cluster, slots)
-            _local_queue(executor, progress, slots, summary)
+            _local_queue(executor, progress, slots, summary, max_restarts)
         else:
             profile = profile or load_profile(cluster)
             folder = profile.folder() / _stamp(todo) / "%j"
             _submit_arrays(progress, profile, folder, max_parallel)
             _slurm_wait(progress, summary)
+    except KeyboardInterrupt:
+        summary.close()
+        report.interrupted = _interrupted(progress, leave_running)
     finally:
         summary.close()
     report.finished = [specs[k].name for k in progress.done]

@@ -21,17 +21,30 @@ log = logging.getLogger(__name__)
 
 STAGE_ORDER = ("pretrain", *EVAL_STAGES)
 QUEUED_STATES = {"PENDING", "REQUEUED", "UNKNOWN", "READY", "PREEMPTED"}  # sacct, not yet running
+LOG_EVERY_S = 60.0  # off a terminal: a log line when counts change, else at most this often
+
+
+def clock(seconds: float) -> str:
+    """12:34 or 1:02:03."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 @dataclass
 class Progress:
-    """The launch's bookkeeping: which runs wait, run, finished or failed (by key)."""
+    """The launch's bookkeeping: which runs wait, run, finished or failed (by key), how often a
+    job that died was started again, and how long the jobs of each stage take (for an ETA)."""
 
     specs: dict[str, JobSpec]
     waiting: list[str]
     running: dict[str, submitit.Job[Any]] = field(default_factory=dict)
     done: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    restarts: Counter[str] = field(default_factory=Counter)
+    began: float = field(default_factory=time.monotonic)
+    started: dict[str, float] = field(default_factory=dict)  # when each job was seen running
+    took: dict[str, list[float]] = field(default_factory=dict)  # stage -> seconds per job
 
     def depends_on(self, key: str) -> str | None:
         dep = self.specs[key].depends_on
@@ -57,13 +70,62 @@ class Progress:
                     self.waiting.remove(key)
         return held
 
-    def record(self, key: str, error: str | None) -> None:
+    def start(self, key: str, job: submitit.Job[Any]) -> None:
+        self.running[key] = job
+        self.mark_running(key)
+
+    def mark_running(self, key: str) -> None:
+        self.started.setdefault(key, time.monotonic())
+
+    def record(self, key: str, error: str | None, restart: bool = False) -> None:
+        """A job ended: done, failed with `error`, or (`restart`) queued again at the front."""
         self.running.pop(key)
-        if error is None:
+        began = self.started.pop(key, None)
+        name = self.specs[key].name
+        if restart:
+            self.restarts[key] += 1
+            self.waiting.insert(0, key)
+            log.warning("%s: %s; starting it again (restart %d)", name, error, self.restarts[key])
+        elif error is None:
             self.done.append(key)
+            if began is not None:
+                self.took.setdefault(self.specs[key].stage, []).append(time.monotonic() - began)
         else:
             self.failed[key] = error
-            log.error("%s failed: %s", self.specs[key].name, error)
+            log.error("%s failed: %s", name, error)
+
+    def fraction(self, key: str) -> float:
+        """How far a running job is, from the last epoch it reported (0 before the first)."""
+        spec = self.specs[key]
+        total = spec.config[spec.stage]["epochs"]
+        total = sum(total) if isinstance(total, list) else total
+        return min(1.0, (read_progress(spec.workdir) or 0) / total)
+
+    def remaining_s(self) -> float | None:
+        """Seconds until every run has ended, from how long finished jobs of each stage took
+        (or running ones project to take); None while a stage's cost is still unknown."""
+        now = time.monotonic()
+        cost = {stage: sum(times) / len(times) for stage, times in self.took.items()}
+        fractions = {key: self.fraction(key) for key in self.running}
+        for key, done in fractions.items():
+            stage = self.specs[key].stage
+            if stage not in cost and done > 0 and key in self.started:
+                cost[stage] = (now - self.started[key]) / done
+        stages = {self.specs[key].stage for key in [*self.waiting, *self.running]}
+        if not stages <= set(cost):
+            return None
+        work = sum(cost[self.specs[key].stage] for key in self.waiting)
+        work += sum(cost[self.specs[key].stage] * (1 - f) for key, f in fractions.items())
+        return work / max(1, len(self.running))
+
+    def overview(self) -> str:
+        """`3/12 runs ended, 4:10 elapsed, about 9:40 left`."""
+        ended = len(self.done) + len(self.failed)
+        text = (
+            f"{ended}/{len(self.specs)} runs ended, {clock(time.monotonic() - self.began)} elapsed"
+        )
+        left = self.remaining_s()
+        return text + (f", about {clock(left)} left" if left is not None and self.running else "")
 
     def epochs(self) -> list[str]:
         """`name epoch/epochs` of every running job that has finished an epoch."""
@@ -97,25 +159,27 @@ class Summary:
     """Queued/running/done/failed per stage, and the epoch each running job has reached: redrawn
     in place on a TTY, otherwise a log line when the counts change or a minute has passed."""
 
-    def __init__(self, stream: TextIO | None = None, every_s: float = 60.0):
+    def __init__(self, stream: TextIO | None = None):
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
-        self.every_s = every_s
         self.last = ""
         self.last_counts = ""
         self.last_time = 0.0
 
-    def show(self, counts: Mapping[str, Counter[str]], running: Sequence[str] = ()) -> None:
+    def show(
+        self, counts: Mapping[str, Counter[str]], running: Sequence[str] = (), overview: str = ""
+    ) -> None:
         counts_line = " | ".join(
             f"{stage}: {c['queued']} queued, {c['running']} running, {c['done']} done, "
             f"{c['failed']} failed"
             for stage, c in sorted(counts.items(), key=lambda kv: STAGE_ORDER.index(kv[0]))
         )
-        line = counts_line + (f" || {', '.join(running)}" if running else "")
+        line = (f"{overview} || " if overview else "") + counts_line
+        line += f" || {', '.join(running)}" if running else ""
         now = time.monotonic()
         if line == self.last:
             return
-        if not self.tty and counts_line == self.last_counts and now - self.last_time < self.every_s:
+        if not self.tty and counts_line == self.last_counts and now - self.last_time < LOG_EVERY_S:
             return
         self.last, self.last_counts, self.last_time = line, counts_line, now
         if self.tty:
