@@ -91,7 +91,7 @@ def test_killed_study_resumes_into_the_same_run_with_the_same_result(
     result: list[LaunchReport] = []
     launcher = threading.Thread(
         target=lambda: result.append(
-            launch(plan, "local", tracking_uri=tracking_uri, runs_dir=runs_dir)
+            launch(plan, "local", tracking_uri=tracking_uri, runs_dir=runs_dir, max_restarts=0)
         )
     )
     launcher.start()
@@ -105,11 +105,12 @@ def test_killed_study_resumes_into_the_same_run_with_the_same_result(
 
     (killed,) = result
     assert killed.finished == [] and [name for name, _ in killed.failed] == [run.name]
-    assert "without a result" in killed.failed[0][1]
+    assert "died without a result" in killed.failed[0][1]
     epochs_done = torch.load(checkpoint, weights_only=False)["epoch"]
     assert 1 <= epochs_done < 5, "the job finished before it could be killed"
     (row,) = track.runs_frame(tracking_uri, "micro").to_dict("records")
-    assert row["status"] == "RUNNING"  # killed: nobody closed it
+    assert row["status"] == "KILLED"  # closed by the launcher, which saw its job die
+    assert "died without a result" in row["tags.end_reason"]
 
     again = plan_study(spec, scale, sets, tracking_uri=tracking_uri)
     assert [(r.status, r.run_id) for r in again.runs] == [("resumable", row["run_id"])]

@@ -1,5 +1,5 @@
-"""`studies/run.py`: bad input is one line naming the file, the dotted key and what is allowed,
-exit code 2, nothing launched and no tracking store created; good input plans and reports."""
+"""`studies/run.py`: dry runs and real runs report what they plan and did (bad input, one line and
+exit code 2 with nothing written, is the corpus of tests/unit/test_bad_inputs.py)."""
 
 from __future__ import annotations
 
@@ -14,195 +14,19 @@ from mae.paths import project_root
 from mae.sweep import cli
 from mae.sweep.launch import LaunchReport
 
-# (file name, YAML text, dotted key in the error, text of what is allowed)
-MALFORMED = [
-    ("unknown_top_key", "sweeps: {masking.ratio: [0.5]}\n", "sweeps", "allowed keys: name"),
-    (
-        "unknown_config_key",
-        "sweep: {masking.rate: [0.5, 0.75]}\n",
-        "sweep.masking.rate",
-        "allowed keys here: ratio, sampler",
-    ),
-    (
-        "unknown_section",
-        "overrides: {decodr.width: 512}\n",
-        "overrides.decodr.width",
-        "allowed keys here: data, decoder",
-    ),
-    (
-        "ratio_out_of_range",
-        "sweep: {masking.ratio: [0.5, 0.75, 1.5]}\n",
-        "sweep.masking.ratio[2]",
-        "lt 1.0",
-    ),
-    ("empty_sweep", "sweep: {}\n", "sweep", "at least one axis"),
-    ("empty_axis", "sweep: {masking.ratio: []}\n", "sweep.masking.ratio", "non-empty list"),
-    ("scalar_axis", "sweep: {masking.ratio: 0.5}\n", "sweep.masking.ratio", "non-empty list"),
-    ("wrong_type_seeds", "seeds: zero\n", "seeds", "list of distinct non-negative integers"),
-    ("negative_seed", "seeds: [0, -1]\n", "seeds[1]", "non-negative"),
-    (
-        "wrong_type_value",
-        "overrides: {pretrain.epochs: many}\n",
-        "overrides.pretrain.epochs",
-        "valid integer",
-    ),
-    ("unknown_scale", "scale: huge\n", "scale", "micro | paper | small | tiny"),
-    (
-        "unknown_evaluation",
-        "evaluations: [finetune, knn]\n",
-        "evaluations[1]",
-        "finetune | linprobe | partial | scratch",
-    ),
-    (
-        "duplicate_evaluation",
-        "evaluations: [finetune, finetune]\n",
-        "evaluations[1]",
-        "each stage once",
-    ),
-    (
-        "duplicate_cases",
-        "cases:\n  - {masking.ratio: 0.5}\n  - {masking: {ratio: 0.5}}\n",
-        "cases[1]",
-        "repeats [0]",
-    ),
-    (
-        "duplicate_by_scale_map",  # 48 is what tiny maps the paper's 512 to
-        "cases:\n  - {decoder.width: 512}\n  - {decoder.width: 48}\n",
-        "cases[1].decoder.width",
-        "plans the same runs as cases[0].decoder.width",
-    ),
-    (
-        "axis_that_changes_nothing",
-        "sweep: {finetune.epochs: [5, 10]}\nevaluations: [linprobe]\n",
-        "sweep.finetune.epochs[1]",
-        "a key no planned stage uses",
-    ),
-    (
-        "duplicate_axis_value",
-        "sweep: {masking.ratio: [0.5, 0.5]}\n",
-        "sweep.masking.ratio[1]",
-        "repeats [0]",
-    ),
-    ("bad_yaml", "sweep: {masking.ratio: [0.5, 0.75}\n", "line 2", "YAML syntax error"),
-    ("not_a_mapping", "- masking.ratio\n", "<root>", "a study file is a mapping"),
-    (
-        "grid_needs_075",
-        "cases:\n  - {masking.sampler: grid, masking.ratio: 0.5}\n",
-        "cases[0].masking.ratio",
-        "ratio must be 0.75",
-    ),
-    (
-        "unknown_sampler",
-        "sweep: {masking.sampler: [random, diagonal]}\n",
-        "sweep.masking.sampler[1]",
-        "random | block | grid",
-    ),
-    (
-        "bad_partial_k",
-        "evaluations: [{partial: {blocks: [1, 1.5]}}]\n",
-        "evaluations[0].partial.blocks[1]",
-        "whole number or 0.5",
-    ),
-    (
-        "unknown_partial_key",
-        "evaluations: [{partial: {blockz: [1]}}]\n",
-        "evaluations[0].partial.blockz",
-        "allowed keys here",
-    ),
-    (
-        "case_resweeps_axis",
-        "sweep: {masking.ratio: [0.5]}\ncases:\n  - {masking.ratio: 0.75}\n",
-        "cases[0].masking.ratio",
-        "swept by sweep.masking.ratio",
-    ),
-    ("bad_name", "name: my study\n", "name", "letters, digits"),
-    (
-        "patch_does_not_divide",
-        "sweep: {encoder.patch_size: [4, 3]}\n",
-        "sweep.encoder.patch_size[1]",
-        "not divisible by encoder.patch_size 3",
-    ),
-    (
-        "dataset_without_root",
-        "overrides: {data.dataset: imagefolder}\n",
-        "overrides.data.dataset",
-        "pass --set data.root=/path",
-    ),
-]
-
 
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty folder for the default tracking store; launching is forbidden."""
+    """An empty folder for the default tracking store; launching is forbidden (dry runs)."""
     folder = tmp_path / "store"
     folder.mkdir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlruns.db'}")
 
     def no_launch(*args: object, **kwargs: object) -> None:
-        raise AssertionError("launched on bad input")
+        raise AssertionError("a dry run launched")
 
     monkeypatch.setattr("mae.sweep.launch.launch", no_launch)
     return folder
-
-
-def error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("error: ")
-    return err
-
-
-@pytest.mark.parametrize(
-    ("stem", "text", "key", "allowed"), MALFORMED, ids=[m[0] for m in MALFORMED]
-)
-def test_malformed_study_is_one_line_exit_2_and_no_store(
-    stem: str,
-    text: str,
-    key: str,
-    allowed: str,
-    tmp_path: Path,
-    store: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    path = tmp_path / f"{stem}.yaml"
-    path.write_text(text if text.startswith(("name", "-")) else f"name: {stem}\n{text}")
-    assert cli.main([str(path), "--scale", "tiny"] if stem != "unknown_scale" else [str(path)]) == 2
-    line = error_line(capsys)
-    assert line.startswith(f"error: {path}: {key}: got "), line
-    assert allowed in line, line
-    assert list(store.iterdir()) == []
-
-
-@pytest.mark.parametrize(
-    ("argv", "source", "key", "allowed"),
-    [
-        (["mask_ratio_sweep", "--cluster", "nope"], "--cluster", "cluster", "local, debug, dev"),
-        (["mask_ratio_sweep", "--scale", "huge"], "--scale", "scale", "micro | paper | small"),
-        (["mask_ratio_sweep", "--set", "masking.ratio=0.5"], "--set", "masking.ratio", "swept"),
-        (["decoder_depth", "--set", "masking.ratio=1.5"], "--set", "masking.ratio", "lt 1.0"),
-        (["decoder_depth", "--set", "masking.ratio"], "--set", "masking.ratio", "KEY=VALUE"),
-        (["decoder_depth", "--seeds", "0,x"], "--seeds", "seeds", "comma-separated"),
-        (["no_such_study"], "no_such_study", "<study>", "available: data_augmentation"),
-        (
-            ["decoder_depth", "--scale", "paper"],
-            "studies/scales/paper.yaml",
-            "config.data.root",
-            "pass --set data.root",
-        ),
-    ],
-)
-def test_bad_command_line_is_one_line_exit_2(
-    argv: list[str],
-    source: str,
-    key: str,
-    allowed: str,
-    store: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    assert cli.main(argv) == 2
-    line = error_line(capsys)
-    assert f"{source}: {key}: got " in line and allowed in line, line
-    assert list(store.iterdir()) == []
 
 
 def test_dry_run_prints_the_plan_and_creates_nothing(
