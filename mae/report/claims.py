@@ -82,7 +82,7 @@ _FIG7_LIN = _pair("lin", {"800": "800 ep", "1600": "1600 ep"})
 _FIG9 = {"0": Ref("0", "partial", "lin (0 blocks)")} | _pair(
     "partial", {"0.5": "MLP of last block", "1": "1 block", "6": "6 blocks", "24": "24 blocks"}
 )
-_T2 = _pair("time", {"w/ [M], 8": "w/ [M], 8", "w/o [M], 8": "w/o [M], 8", "w/o [M], 1": "1 block"})
+_T2 = _pair("time", {r: r for r in ("w/ [M], 8", "w/o [M], 8", "w/o [M], 1")})
 SCRATCH = Ref("ViT", "scratch", "scratch", table="scratch")
 
 _NO_MASK_TOKEN = "“An encoder without mask tokens is more accurate and faster.”"

@@ -43,9 +43,10 @@ def _ours(verdict: Verdict, digits: int, style: Style) -> str:
 def _seeds(verdict: Verdict, style: Style) -> str:
     if verdict.outcome != "inconclusive":
         return ""
-    if verdict.seeds_needed is None:
+    if verdict.seeds_needed is None or verdict.interval is None:
         return f"> {MAX_SEEDS}"
-    return f"{style.approx}{verdict.seeds_needed} per row"
+    more = verdict.seeds_needed - min(verdict.interval.n)
+    return f"{style.approx}{verdict.seeds_needed} per row ({more} more)"
 
 
 def claims_frame(result: TableResult, style: Style = MARKDOWN) -> pd.DataFrame:
@@ -56,7 +57,7 @@ def claims_frame(result: TableResult, style: Style = MARKDOWN) -> pd.DataFrame:
         paper = ""
         if verdict.paper is not None:
             approx = "" if verdict.paper.confirmed else style.approx
-            paper = f"{approx}{verdict.paper.value:+.{digits}f}"
+            paper = f"{approx}{verdict.paper.value:+.1f}"  # the paper's precision
         lines.append(
             {
                 "claim": esc(verdict.claim.text),
@@ -64,7 +65,7 @@ def claims_frame(result: TableResult, style: Style = MARKDOWN) -> pd.DataFrame:
                 esc(f"ours: diff [{LEVEL:.0%} CI]"): _ours(verdict, digits, style),
                 "paper": paper,
                 "verdict": esc(verdict.label),
-                "seeds to decide": _seeds(verdict, style),
+                "seeds to decide (est.)": _seeds(verdict, style),
             }
         )
     return pd.DataFrame(lines)

@@ -19,8 +19,9 @@ from mae.report.claims import CLAIMS, Claim, Ref
 from mae.report.definitions import DEFINITIONS, TABLE1_DEFAULTS, select
 from mae.report.figures import draw
 from mae.report.paper import paper_value
-from mae.report.query import tables_from_frame
+from mae.report.query import TableResult, tables_from_frame
 from mae.report.render import claims_csv, display_frame, to_latex, to_markdown
+from mae.report.render_claims import claims_frame
 from mae.report.stats import compare, mean_interval, seeds_to_decide, t_quantile
 from mae.report.verdicts import judge, summary
 
@@ -175,11 +176,19 @@ def test_seeds_estimate_is_where_the_half_width_clears_the_boundary():
         return scipy_stats.t.ppf(0.975, k - 1) * sd / math.sqrt(k)
 
     assert half(n) < abs(v.estimate) <= half(n - 1)
+    (line,) = [x for x in to_markdown_claims(v) if "a > b" in x]
+    assert f"~{n} per row ({n - 3} more)" in line
     a = Cell(1.0, None, 2, values={("0",): 0.0, ("1",): 2.0})
     b = Cell(0.25, None, 2, values={("2",): 0.0, ("3",): 0.5})
     w = judge(claim, a, b)
     assert w.interval.test == "Welch" and w.outcome == "inconclusive" and w.seeds_needed > 2
     assert seeds_to_decide(v.interval, 0.0) is None
+
+
+def to_markdown_claims(verdict) -> list[str]:
+    """The claims table of a one-claim result, as Markdown lines."""
+    result = TableResult(select(["fig5"])[0], "tiny", {}, verdicts=(verdict,))
+    return claims_frame(result).to_markdown(index=False).splitlines()
 
 
 def test_mean_interval_and_quantile_equal_scipy():
