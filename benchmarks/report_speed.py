@@ -37,8 +37,10 @@ def _label_sets() -> list[dict]:
     seen, cells = set(), []
     for definition in DEFINITIONS:
         for row in definition.rows:
-            for column in (c for c in definition.columns if c.metric):
-                wanted = definition.required(row) if column.labelled else dict(TABLE1_DEFAULTS)
+            for column in (definition.source(row, c) for c in definition.columns if c.metric):
+                wanted = dict(TABLE1_DEFAULTS)
+                if column.labelled:
+                    wanted = definition.required(row, column.stage)
                 key = (column.stage, tuple(sorted((k, str(v)) for k, v in wanted.items())))
                 if key not in seen:
                     seen.add(key)

@@ -24,7 +24,10 @@ TABLE1_DEFAULTS: Mapping[str, Any] = {
     "masking.ratio": 0.75,
     "pretrain.epochs": 800,
 }
-EXTRA_AXES = ("partial.blocks",)  # varied by Fig. 9; evaluation config, not a pre-training label
+# Evaluation settings a figure varies, with the one stage they configure: they select runs of that
+# stage only (a linear probe also records `partial.blocks`, the scale's default, unused).
+EVAL_AXES: Mapping[str, str] = {"partial.blocks": "partial"}
+EXTRA_AXES = tuple(EVAL_AXES)
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class Column:
     labelled: bool = True  # False: runs are not filtered by pre-training labels (scratch)
     speedup_of: str | None = None
     digits: int = 1
-    delta: bool = True  # show ours - paper
+    delta: bool = True  # compare with the paper: ours − paper (paper scale), shapes (other scales)
 
     @property
     def title(self) -> str:
@@ -55,6 +58,9 @@ class Row:
     label: str  # the paper's row label
     values: Mapping[str, Any]  # varying axis -> value (paper label)
     x: float | None = None  # position on a figure's x axis
+    # Column name -> the column whose stage and metric fill this row's cell instead (Fig. 9's
+    # 0 blocks is the linear probe of the same pre-training, not a partial fine-tuning run).
+    sources: Mapping[str, Column] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -73,9 +79,22 @@ class Definition:
     x_scale: Literal["linear", "log", "category"] = "linear"
     note: str = ""
 
-    def required(self, row: Row) -> dict[str, Any]:
-        """Every label a run must carry to fill `row`: the row's values, the defaults elsewhere."""
-        return {**{a: v for a, v in self.fixed.items() if a not in self.axes}, **row.values}
+    @property
+    def name(self) -> str:
+        """The paper's short name: "Fig. 5", "Table 1a"."""
+        return self.title.split(":")[0]
+
+    def source(self, row: Row, column: Column) -> Column:
+        """The column whose stage and metric fill (row, column)."""
+        return row.sources.get(column.name, column)
+
+    def required(self, row: Row, stage: str | None = None) -> dict[str, Any]:
+        """Every label a run must carry to fill `row`: the row's values, the defaults elsewhere;
+        with `stage`, without the evaluation settings of other stages."""
+        wanted = {**{a: v for a, v in self.fixed.items() if a not in self.axes}, **row.values}
+        if stage is None:
+            return wanted
+        return {a: v for a, v in wanted.items() if EVAL_AXES.get(a, stage) == stage}
 
 
 FT = Column("ft", "finetune", "finetune/top1")
@@ -215,13 +234,17 @@ DEFINITIONS: tuple[Definition, ...] = (
         kind="figure",
         axes=("partial.blocks",),
         header="blocks tuned",
-        rows=tuple(Row(f"{b:g}", {"partial.blocks": b}, x=b) for b in _BLOCKS),
+        rows=tuple(
+            Row(f"{b:g}", {"partial.blocks": b}, x=b, sources={"partial": LIN} if b == 0 else {})
+            for b in _BLOCKS
+        ),
         columns=(Column("partial", "partial", "partial/top1"),),
         study="partial_finetune",
         baseline=None,
         x_label="# blocks fine-tuned (0.5: MLP of the last block)",
         x_scale="category",
-        note="paper: ViT-L (24 blocks); 0 blocks = linear probing, 24 = full fine-tuning.",
+        note="paper: ViT-L (24 blocks); 24 = full fine-tuning; 0 blocks = linear probing, read "
+        "from the `linprobe` run of the same pre-training (class token, BN without affine, LARS).",
     ),
     Definition(
         id="table2",

@@ -11,8 +11,10 @@ import pandas as pd
 
 from mae import track
 from mae.report.figures import plot
-from mae.report.query import TableResult
-from mae.report.render import to_csv, to_latex, to_markdown
+from mae.report.query import PAPER_SCALE, TableResult
+from mae.report.render import claims_csv, to_csv, to_latex, to_markdown
+from mae.report.render_claims import LEGEND
+from mae.report.verdicts import OUTCOMES, counts, summary
 
 FORMATS = ("md", "tex", "csv", "png", "pdf")
 FIGURE_FORMATS = ("png", "pdf")
@@ -20,7 +22,8 @@ REPORT_STAGE = "report"
 
 
 def write_outputs(results: Sequence[TableResult], out: Path, formats: Iterable[str]) -> list[Path]:
-    """`<id>.md|tex|csv` for every table, `<id>.png|pdf` for every figure; returns the files."""
+    """`<id>.md|tex|csv` for every table (the claims inside Markdown and LaTeX, beside CSV as
+    `<id>-claims.csv`), `<id>.png|pdf` for every figure; returns the files."""
     formats = set(formats)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -32,6 +35,10 @@ def write_outputs(results: Sequence[TableResult], out: Path, formats: Iterable[s
                 path = stem.with_suffix(f".{fmt}")
                 path.write_text(render(result))
                 written.append(path)
+        if "csv" in formats and result.verdicts:
+            path = out / f"{result.definition.id}-claims.csv"
+            path.write_text(claims_csv(result))
+            written.append(path)
         figure_formats = [f for f in FIGURE_FORMATS if f in formats]
         if result.definition.kind == "figure" and figure_formats:
             written.extend(plot(result, stem, figure_formats))
@@ -71,18 +78,38 @@ def report_markdown(
         lines.append(
             "- code commits: " + ", ".join(f"`{c[:10]}` ({n} runs)" for c, n in _counts(commits))
         )
-    lines += [
-        "",
-        f"Ours: accuracies (top-1 %) at the `{scale}` scale, mean ± std over seeds when n > 1. "
-        "Paper: ViT-L/16 on ImageNet-1K. Compare the shapes, not the values; Δ = ours − paper. "
-        "★ marks the default row, ~ an approximate paper value, — a cell without finished runs.",
-        "",
-    ]
+    lines += ["", *_verdict_summary(results), "", _how_to_read(scale), ""]
     for result in results:
         lines.append(to_markdown(result, heading="##"))
         if figures and result.definition.kind == "figure":
             lines += [f"![{result.definition.title}]({result.definition.id}.png)", ""]
     return "\n".join(lines)
+
+
+def _verdict_summary(results: Sequence[TableResult]) -> list[str]:
+    """The claims' verdicts across tables: a total, then one line per table."""
+    judged = [r for r in results if r.verdicts]
+    if not judged:
+        return []
+    tally = counts(v for r in judged for v in r.verdicts)
+    total = ", ".join(f"{tally[o]} {o}" for o in OUTCOMES if tally[o])
+    lines = ["## The paper's claims", "", f"{sum(tally.values())} claims: {total}.", ""]
+    lines += [f"- {summary(r.definition.name, r.verdicts)}" for r in judged]
+    return [*lines, "", LEGEND]
+
+
+def _how_to_read(scale: str) -> str:
+    common = (
+        "Paper: ViT-L/16 on ImageNet-1K. ★ marks the default row, ~ an approximate paper "
+        "value, — a cell without finished runs."
+    )
+    ours = f"Ours: accuracies (top-1 %) at the `{scale}` scale, mean ± std over seeds when n > 1."
+    if scale == PAPER_SCALE:
+        return f"{ours} {common} Δ = ours − paper."
+    return (
+        f"{ours} {common} Values do not compare across data sets, shapes do: each row's "
+        "difference from the ★ row, ours (`ft − ★`) beside the paper's (`ft − ★ (paper)`)."
+    )
 
 
 def log_report_run(uri: str, scale: str, files: Iterable[Path]) -> str:

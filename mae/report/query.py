@@ -1,8 +1,9 @@
-"""Fill the table definitions from a frame of tracked runs (`mae.track.runs_frame`).
+"""Fill the table definitions from a frame of tracked runs (`mae.track.runs_frame`), and decide
+each table's claims from the cells.
 
 A cell is every finished run of the column's stage whose labels match the row; seeds are
-aggregated as mean ± std (n = number of seeds, the newest run per seed); failed and unfinished
-runs are left out and counted for a footnote.
+aggregated as mean ± std (n = number of seeds, the newest run per seed) and kept one value per
+seed for the claims' intervals; failed and unfinished runs are left out and counted for a footnote.
 """
 
 from __future__ import annotations
@@ -18,23 +19,15 @@ import numpy as np
 import pandas as pd
 
 from mae.config import UNAVAILABLE_TARGETS
-from mae.report.definitions import QUERY_AXES, Column, Definition, Row, select
+from mae.report.cell import Cell, Seed
+from mae.report.claims import Ref, claims_of
+from mae.report.definitions import DEFINITIONS, QUERY_AXES, Column, Definition, Row, select
 from mae.report.paper import PaperValue, paper_value
+from mae.report.verdicts import Verdict, judge_all
 from mae.track import runs_frame
 
 RUN_COLUMNS = ("run_id", "status", "start_time", "end_time", "tags.git_commit")
-
-
-@dataclass(frozen=True)
-class Cell:
-    mean: float | None = None
-    std: float | None = None  # sample std over seeds; None when n < 2
-    n: int = 0
-    run_ids: tuple[str, ...] = ()
-
-    @property
-    def missing(self) -> bool:
-        return self.mean is None
+PAPER_SCALE = "paper"  # the one scale whose values compare with the paper's
 
 
 @dataclass
@@ -44,12 +37,31 @@ class TableResult:
     cells: dict[tuple[str, str], Cell] = field(repr=False)  # (row label, column name) -> ours
     ignored: Counter[str] = field(default_factory=Counter)  # status -> runs left out
     runs: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)  # runs filling cells
+    verdicts: tuple[Verdict, ...] = ()  # the paper's claims about this table, decided
 
     def cell(self, row: str, column: str) -> Cell:
         return self.cells.get((row, column), Cell())
 
     def paper(self, row: str, column: str) -> PaperValue | None:
         return paper_value(self.definition.id, row, column)
+
+    @property
+    def values_compare(self) -> bool:
+        """Only at the paper's scale do our values compare with the paper's (ours − paper);
+        elsewhere shapes do: each row's difference from the baseline row, ours and the paper's."""
+        return self.scale == PAPER_SCALE
+
+    def vs_baseline(self, row: str, column: str) -> float | None:
+        base = self.definition.baseline
+        ours, ref = self.cell(row, column), self.cell(base, column) if base else Cell()
+        return None if ours.missing or ref.missing or row == base else ours.mean - ref.mean
+
+    def paper_vs_baseline(self, row: str, column: str) -> PaperValue | None:
+        base = self.definition.baseline
+        ours, ref = self.paper(row, column), self.paper(base, column) if base else None
+        if ours is None or ref is None or row == base:
+            return None
+        return PaperValue(ours.value - ref.value, ours.confirmed and ref.confirmed)
 
     @property
     def missing(self) -> list[tuple[str, str]]:
@@ -62,11 +74,14 @@ class TableResult:
         ]
 
     def frame(self) -> pd.DataFrame:
-        """Tidy numbers: one line per (row, column) with ours, the paper's and the delta."""
+        """Tidy numbers: one line per (row, column) with ours, the paper's, each one's difference
+        from the baseline row, and ours − paper (`delta`, at the paper scale only)."""
         lines = []
         for row in self.definition.rows:
             for col in self.definition.columns:
                 ours, ref = self.cell(row.label, col.name), self.paper(row.label, col.name)
+                paper_shape = self.paper_vs_baseline(row.label, col.name)
+                compare = ref and not ours.missing and self.values_compare
                 lines.append(
                     {
                         "table": self.definition.id,
@@ -78,7 +93,9 @@ class TableResult:
                         "n": ours.n,
                         "paper": ref.value if ref else None,
                         "paper_confirmed": ref.confirmed if ref else None,
-                        "delta": ours.mean - ref.value if ref and not ours.missing else None,
+                        "vs_baseline": self.vs_baseline(row.label, col.name),
+                        "paper_vs_baseline": paper_shape.value if paper_shape else None,
+                        "delta": ours.mean - ref.value if compare else None,
                         "runs": " ".join(ours.run_ids),
                     }
                 )
@@ -170,22 +187,24 @@ class _Runs:
         values = _coalesce(self.frame, f"metrics.final/{name}", f"metrics.{name}")
         return pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
 
-    def seeds(self, stage: str) -> list[tuple[str, ...]]:
-        """What makes two runs of one cell different seeds rather than a re-run."""
-        names = [c for c in ("params.pretrain.seed", f"params.{stage}.seed") if c in self.frame]
+    def seeds(self, stage: str) -> list[Seed]:
+        """What makes two runs of one cell different seeds rather than a re-run: the seeds the
+        run depends on (a from-scratch run has no pre-training, a pre-training no evaluation)."""
+        sections = [s for s in ("pretrain", stage) if not (s == "pretrain" and stage == "scratch")]
+        names = [c for c in dict.fromkeys(f"params.{s}.seed" for s in sections) if c in self.frame]
         return list(self.frame[names].astype(str).itertuples(index=False, name=None))
 
     def matching(self, definition: Definition, row: Row, column: Column) -> np.ndarray:
         mask = np.ones(len(self.run_id), dtype=bool)
         if column.labelled:
-            for axis, value in definition.required(row).items():
+            for axis, value in definition.required(row, column.stage).items():
                 mask &= self.axes[axis] == normalise(value)
         return mask
 
 
-def _aggregate(runs: _Runs, index: np.ndarray, values: np.ndarray, seeds) -> Cell:
+def _aggregate(runs: _Runs, index: np.ndarray, values: np.ndarray, seeds: list[Seed]) -> Cell:
     """Newest run per seed, then mean ± std over seeds."""
-    newest: dict[tuple[str, ...], int] = {}
+    newest: dict[Seed, int] = {}
     for i in index:
         if math.isnan(values[i]):
             continue
@@ -200,28 +219,52 @@ def _aggregate(runs: _Runs, index: np.ndarray, values: np.ndarray, seeds) -> Cel
         std=statistics.stdev(numbers) if len(numbers) > 1 else None,
         n=len(numbers),
         run_ids=tuple(runs.run_id[i] for i in chosen),
+        values={seeds[i]: float(values[i]) for i in chosen},
     )
 
 
+class _Filler:
+    """Fills cells from the runs, reading each stage's metric and seeds once."""
+
+    def __init__(self, runs: _Runs):
+        self.runs = runs
+        self._stage: dict[str, tuple[np.ndarray, list[Seed]]] = {}
+        self._metric: dict[str, np.ndarray] = {}
+
+    def cell(self, definition: Definition, row: Row, column: Column) -> tuple[Cell, dict]:
+        """The cell and {run_id: status} of the matching runs left out (not finished)."""
+        runs, source = self.runs, definition.source(row, column)
+        if source.stage not in self._stage:
+            self._stage[source.stage] = (runs.in_stage(source.stage), runs.seeds(source.stage))
+        if source.metric not in self._metric:
+            self._metric[source.metric] = runs.metric(source.metric)
+        in_stage, seeds = self._stage[source.stage]
+        match = in_stage & runs.matching(definition, row, source)
+        left_out = match & ~runs.finished
+        ignored = dict(zip(runs.run_id[left_out], runs.status[left_out], strict=True))
+        finished = np.flatnonzero(match & runs.finished)
+        return _aggregate(runs, finished, self._metric[source.metric], seeds), ignored
+
+    def ref(self, definition: Definition, cells: dict, ref: Ref) -> Cell:
+        """A claim's cell: of this table, or of the definition it names (filled on demand)."""
+        if ref.table is None or ref.table == definition.id:
+            return cells.get((ref.row, ref.column), Cell())
+        other = next(d for d in DEFINITIONS if d.id == ref.table)
+        row = next(r for r in other.rows if r.label == ref.row)
+        column = next(c for c in other.columns if c.name == ref.column)
+        return self.cell(other, row, column)[0]
+
+
 def _fill(
-    definition: Definition, runs: _Runs
+    definition: Definition, filler: _Filler
 ) -> tuple[dict[tuple[str, str], Cell], Counter[str], set[str]]:
     cells: dict[tuple[str, str], Cell] = {}
     ignored: dict[str, str] = {}
     for column in (c for c in definition.columns if c.metric):
-        in_stage, values = runs.in_stage(column.stage), runs.metric(column.metric)
-        seeds = runs.seeds(column.stage)
         for row in definition.rows:
-            match = in_stage & runs.matching(definition, row, column)
-            ignored.update(
-                zip(
-                    runs.run_id[match & ~runs.finished],
-                    runs.status[match & ~runs.finished],
-                    strict=True,
-                )
-            )
-            finished = np.flatnonzero(match & runs.finished)
-            cells[(row.label, column.name)] = _aggregate(runs, finished, values, seeds)
+            cell, left_out = filler.cell(definition, row, column)
+            cells[(row.label, column.name)] = cell
+            ignored.update(left_out)
     used = {run_id for cell in cells.values() for run_id in cell.run_ids}
     for column in (c for c in definition.columns if c.speedup_of):
         cells.update(_speedups(definition, column, cells))
@@ -240,17 +283,28 @@ def _speedups(definition: Definition, column: Column, cells) -> dict[tuple[str, 
     return out
 
 
+def _paper_of(definition: Definition, ref: Ref) -> PaperValue | None:
+    return paper_value(ref.table or definition.id, ref.row, ref.column)
+
+
 def tables_from_frame(
     frame: pd.DataFrame, definitions: Iterable[Definition], scale: str
 ) -> list[TableResult]:
     """Pure: the same frame gives the same tables. `frame` is `runs_frame`'s output."""
-    runs = _Runs(frame)
+    filler = _Filler(_Runs(frame))
     results = []
     for definition in definitions:
-        cells, ignored, used = _fill(definition, runs)
+        cells, ignored, used = _fill(definition, filler)
         used_runs = frame.loc[frame["run_id"].isin(used), [c for c in RUN_COLUMNS if c in frame]]
+        verdicts = judge_all(
+            claims_of(definition.id),
+            lambda ref, d=definition, c=cells: filler.ref(d, c, ref),
+            lambda ref, d=definition: _paper_of(d, ref),
+        )
         results.append(
-            TableResult(definition, scale, cells, ignored, used_runs.reset_index(drop=True))
+            TableResult(
+                definition, scale, cells, ignored, used_runs.reset_index(drop=True), verdicts
+            )
         )
     return results
 

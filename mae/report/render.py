@@ -1,61 +1,21 @@
-"""Tables as text: Markdown (the paper's layout, ours beside the paper with the delta), LaTeX
-(booktabs, through pandas) and CSV (tidy numbers)."""
+"""Tables as text: Markdown (the paper's layout, ours beside the paper, then the claims), LaTeX
+(booktabs, through pandas) and CSV (tidy numbers).
+
+Ours and the paper's values compare only at the paper scale (a Δ = ours − paper column); at any
+other scale each row's difference from the baseline row (★) stands beside the paper's: shapes
+compare across data sets, values do not.
+"""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import pandas as pd
 
+from mae.report.cell import Cell
 from mae.report.definitions import Column
 from mae.report.paper import PaperValue
-from mae.report.query import Cell, TableResult
-
-MISSING = "—"
-
-
-def _tex_escape(text: str) -> str:
-    specials = {
-        "&": r"\&",
-        "%": r"\%",
-        "$": r"\$",
-        "#": r"\#",
-        "_": r"\_",
-        "{": r"\{",
-        "}": r"\}",
-        "~": r"\textasciitilde{}",
-        "^": r"\^{}",
-        "\\": r"\textbackslash{}",
-    }
-    escaped = "".join(specials.get(ch, ch) for ch in text)
-    return re.sub(r"`([^`]+)`", r"\\texttt{\1}", escaped)
-
-
-@dataclass(frozen=True)
-class Style:
-    missing: str
-    star: str
-    approx: str
-    pm: str
-    times: str
-    delta: str
-    escape: Callable[[str], str]
-
-
-MARKDOWN = Style(
-    missing=MISSING, star="★", approx="~", pm="±", times="×", delta="Δ", escape=lambda s: s
-)
-LATEX = Style(
-    missing="---",
-    star=r"$\star$",
-    approx=r"$\sim$",
-    pm=r"$\pm$",
-    times=r"$\times$",
-    delta=r"$\Delta$",
-    escape=_tex_escape,
-)
+from mae.report.query import TableResult
+from mae.report.render_claims import claims_latex, claims_markdown, claims_numbers
+from mae.report.style import LATEX, MARKDOWN, Style, tex_escape
 
 
 def _ours(cell: Cell, column: Column, style: Style) -> str:
@@ -69,10 +29,10 @@ def _ours(cell: Cell, column: Column, style: Style) -> str:
     return text
 
 
-def _paper(ref: PaperValue | None, column: Column, style: Style) -> str:
+def _paper(ref: PaperValue | None, column: Column, style: Style, signed: bool = False) -> str:
     if ref is None:
         return ""
-    text = f"{ref.value:.1f}" + (style.times if column.speedup_of else "")
+    text = f"{ref.value:{'+' if signed else ''}.1f}" + (style.times if column.speedup_of else "")
     return text if ref.confirmed else style.approx + text
 
 
@@ -83,9 +43,24 @@ def _delta(cell: Cell, ref: PaperValue | None, column: Column, style: Style) -> 
     return text if ref.confirmed else style.approx + text
 
 
+def _comparison(result: TableResult, row: str, col: Column, style: Style) -> dict[str, str]:
+    """Ours − paper at the paper scale; elsewhere ours − ★ beside the paper's − ★."""
+    if result.values_compare:
+        cell, ref = result.cell(row, col.name), result.paper(row, col.name)
+        return {f"{style.delta} {style.escape(col.name)}": _delta(cell, ref, col, style)}
+    if result.definition.baseline is None:
+        return {}
+    ours = result.vs_baseline(row, col.name)
+    paper = result.paper_vs_baseline(row, col.name)
+    return {
+        style.escape(f"{col.name} − ★"): "" if ours is None else f"{ours:+.{col.digits}f}",
+        style.escape(f"{col.name} − ★ (paper)"): _paper(paper, col, style, signed=True),
+    }
+
+
 def display_frame(result: TableResult, style: Style = MARKDOWN) -> pd.DataFrame:
     """The table as strings in the paper's layout: one line per ablation value, the baseline
-    marked, each metric as ours | paper | delta (paper and delta only where the paper has one)."""
+    marked, each metric as ours | paper | comparison (where the paper has a value)."""
     d = result.definition
     with_paper = {c.name for c in d.columns if any(result.paper(r.label, c.name) for r in d.rows)}
     lines = []
@@ -98,7 +73,7 @@ def display_frame(result: TableResult, style: Style = MARKDOWN) -> pd.DataFrame:
             if col.name in with_paper:
                 line[style.escape(col.paper_title)] = _paper(ref, col, style)
                 if col.delta:
-                    line[f"{style.delta} {style.escape(col.name)}"] = _delta(cell, ref, col, style)
+                    line.update(_comparison(result, row.label, col, style))
         lines.append(line)
     return pd.DataFrame(lines)
 
@@ -106,7 +81,12 @@ def display_frame(result: TableResult, style: Style = MARKDOWN) -> pd.DataFrame:
 def to_markdown(result: TableResult, heading: str = "###") -> str:
     table = display_frame(result, MARKDOWN).to_markdown(index=False, disable_numparse=True)
     notes = "\n".join(f"- {note}" for note in result.footnotes())
-    return f"{heading} {result.definition.title}\n\n{table}\n" + (f"\n{notes}\n" if notes else "")
+    claims = claims_markdown(result)
+    return (
+        f"{heading} {result.definition.title}\n\n{table}\n"
+        + (f"\n{notes}\n" if notes else "")
+        + (f"\n{claims}" if claims else "")
+    )
 
 
 def to_latex(result: TableResult) -> str:
@@ -115,15 +95,20 @@ def to_latex(result: TableResult) -> str:
     tex = frame.to_latex(
         index=False,
         escape=False,
-        caption=_tex_escape(f"{d.title} (ours: {result.scale} scale; paper: ViT-L, ImageNet-1K)"),
+        caption=tex_escape(f"{d.title} (ours: {result.scale} scale; paper: ViT-L, ImageNet-1K)"),
         label=f"tab:{d.id}",
         column_format="l" + "r" * (frame.shape[1] - 1),
     )
-    notes = " ".join(_tex_escape(n).replace("—", "---") for n in result.footnotes())
+    notes = " ".join(tex_escape(n) for n in result.footnotes())
     if notes:
         tex = tex.replace("\\end{table}", f"\\par\\footnotesize {notes}\n\\end{{table}}")
-    return tex
+    claims = claims_latex(result)
+    return tex + (f"\n{claims}" if claims else "")
 
 
 def to_csv(result: TableResult) -> str:
     return result.frame().to_csv(index=False)
+
+
+def claims_csv(result: TableResult) -> str:
+    return claims_numbers(result).to_csv(index=False)

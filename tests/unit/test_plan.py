@@ -131,7 +131,10 @@ def test_labels_without_counterpart_at_a_scale_are_unavailable() -> None:
         for r in partial.runs
         if r.stage == "partial" and r.status == "new"
     }
-    assert available == {"0", "0.5", "6", "12", "18", "24"}
+    assert available == {"0.5", "6", "12", "18", "24"}  # 0 blocks is the linprobe run
+    (probe,) = [r for r in partial.runs if r.stage == "linprobe"]
+    baseline = run_named(plan("mask_ratio_sweep", "tiny"), "ratio=0.75/seed0/linprobe")
+    assert probe.key == baseline.key  # the Table 1 baseline's probe, not a run of its own
 
 
 def test_scratch_has_no_pretraining() -> None:

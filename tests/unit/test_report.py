@@ -141,6 +141,8 @@ def store(tmp_path_factory) -> dict:
     _add(uri, exp, "linprobe", labels={"pretrain.epochs": 100}, final=_lin(55.0))
     _add(uri, exp, "partial", params={"partial.blocks": "0.5"}, final={"partial/top1": 74.0})
     _add(uri, exp, "partial", params={"partial.blocks": "1.0"}, final={"partial/top1": 76.0})
+    # Fig. 9's 0 blocks is the linear probe: a partial run at 0 blocks fills no cell.
+    _add(uri, exp, "partial", params={"partial.blocks": "0.0"}, final={"partial/top1": 5.0})
     _add(uri, exp, "scratch", labels={"masking.ratio": 0.5}, final={"scratch/top1": 65.0})
     return {"uri": uri, "exp": exp, "ids": ids, "root": root}
 
@@ -243,6 +245,9 @@ def test_other_tables_cells(tables):
         55.0,
     )
     assert _cell(tables, "fig9", "0.5", "partial").mean == 74.0
+    zero = _cell(tables, "fig9", "0", "partial")  # the baseline's linear probe, both seeds
+    assert (zero.mean, zero.n) == (71.0, 2)
+    assert zero.run_ids == _cell(tables, "table1a", "8", "lin").run_ids
     assert _cell(tables, "fig9", "1", "partial").mean == 76.0
     assert _cell(tables, "fig9", "24", "partial").missing
     assert _cell(tables, "scratch", "ViT", "scratch").mean == 65.0  # scratch ignores labels
@@ -363,7 +368,18 @@ def test_markdown_layout(tables):
     lines = text.splitlines()
     assert lines[0] == "### Table 1a: decoder depth"
     header = [c.strip() for c in lines[2].strip("|").split("|")]
-    assert header == ["blocks", "ft", "ft (paper)", "Δ ft", "lin", "lin (paper)", "Δ lin"]
+    # At a small scale, shapes compare (each row minus the ★ row), not values (ours − paper).
+    assert header == [
+        "blocks",
+        "ft",
+        "ft (paper)",
+        "ft − ★",
+        "ft − ★ (paper)",
+        "lin",
+        "lin (paper)",
+        "lin − ★",
+        "lin − ★ (paper)",
+    ]
     rows = {
         c[0]: c for c in ([x.strip() for x in line.strip("|").split("|")] for line in lines[4:9])
     }
@@ -371,23 +387,32 @@ def test_markdown_layout(tables):
         "8 ★",
         "81.0 ± 1.0 (n=3)",
         "84.9",
-        "-3.9",
+        "",
+        "",
         "71.0 ± 1.4 (n=2)",
         "73.5",
-        "-2.5",
+    ] + [
+        "",
+        "",
     ]
-    assert rows["1"] == ["1", "75.0", "84.8", "-9.8", "60.0", "65.5", "-5.5"]
-    assert rows["12"] == ["12", "—", "84.4", "", "—", "73.3", ""]
+    assert rows["1"] == ["1", "75.0", "84.8", "-6.0", "-0.1", "60.0", "65.5", "-11.0", "-8.0"]
+    assert rows["12"] == ["12", "—", "84.4", "", "-0.5", "—", "73.3", "", "-0.2"]
     assert "- — no finished run yet for 4, 12" in text
+    claim = next(line for line in text.splitlines() if "lin(8 blocks) > lin(1 block)" in line)
+    assert "“A deep decoder can improve linear probing accuracy.”" in claim
+    assert "+11.0" in claim and "missing (n=1: lin(1 block))" in claim  # ours from one seed
+    assert "**Table 1a: 0 of 2 claims hold, 2 missing**" in text
     fig5 = display_frame(tables["fig5"])
     assert fig5.loc[fig5["ratio (%)"] == "50", "ft (paper)"].item() == "~84.7"
-    assert fig5.loc[fig5["ratio (%)"] == "50", "Δ ft"].item() == "~-7.7"
+    assert fig5.loc[fig5["ratio (%)"] == "50", "ft − ★"].item() == "-4.0"
+    assert fig5.loc[fig5["ratio (%)"] == "50", "ft − ★ (paper)"].item() == "~-0.2"
     t2 = display_frame(tables["table2"])
     assert list(t2.columns) == [
         "encoder, dec. depth",
         "ft",
         "ft (paper)",
-        "Δ ft",
+        "ft − ★",
+        "ft − ★ (paper)",
         "time [s]",
         "time (paper) [h]",
         "images/s",
@@ -408,35 +433,46 @@ def test_latex_is_booktabs_and_escaped(tables):
         r"\label{tab:table1a}",
     ):
         assert rule in tex
-    assert r"8 $\star$ & 81.0 $\pm$ 1.0 (n=3) & 84.9 & -3.9" in tex
+    assert r"8 $\star$ & 81.0 $\pm$ 1.0 (n=3) & 84.9 &  &  & 71.0" in tex
+    assert r"1 & 75.0 & 84.8 & -6.0 & -0.1 & 60.0" in tex
+    assert r"ft $-$ $\star$ (paper)" in tex and r"\label{tab:table1a-claims}" in tex
     assert r"\texttt{python studies/run.py decoder\_depth --scale tiny}" in tex
     assert r"$\sim$84.7" in to_latex(tables["fig5"])
-    assert "★" not in tex and "±" not in tex
+    assert "★" not in tex and "±" not in tex and "“" not in tex
 
 
 def test_csv_round_trips_the_numbers(tables):
     frame = pd.read_csv(io.StringIO(to_csv(tables["table1a"])))
     base = frame[(frame.row == 8) & (frame.column == "ft")].iloc[0]
     assert (base["mean"], base["std"], base["n"], base["paper"]) == (81.0, 1.0, 3, 84.9)
-    assert bool(base["baseline"]) and math.isclose(base["delta"], -3.9)
+    assert bool(base["baseline"]) and pd.isna(base["delta"])  # ours − paper: paper scale only
+    one = frame[(frame.row == 1) & (frame.column == "ft")].iloc[0]
+    assert math.isclose(one["vs_baseline"], -6.0) and math.isclose(one["paper_vs_baseline"], -0.1)
     missing = frame[(frame.row == 12) & (frame.column == "lin")].iloc[0]
     assert missing["n"] == 0 and pd.isna(missing["mean"]) and missing["paper"] == 73.3
 
 
-def test_figure_has_both_curves_on_twin_axes(tables):
+def test_figure_has_ours_and_the_paper_on_panels_of_their_own(tables):
     fig = draw(tables["fig5"])
     axes = fig.get_axes()
-    assert len(axes) == 4  # ft and lin panels, each with the paper's twin axis
+    assert len(axes) == 4  # ft and lin columns: ours above, the paper's below
     ours_ft, ours_lin, paper_ft, paper_lin = axes
     assert ours_ft.get_title() == "ft" and ours_lin.get_title() == "lin"
-    assert ours_ft.get_xlabel() == "masking ratio (%)"
+    assert paper_ft.get_xlabel() == "masking ratio (%)"
     assert ours_ft.get_ylabel().startswith("ours") and paper_ft.get_ylabel().startswith("paper")
     ours_line = ours_ft.get_lines()[0]
     assert list(ours_line.get_xdata()) == [50.0, 75.0, 90.0]
     assert list(ours_line.get_ydata()) == [77.0, 81.0, 78.0]
     assert list(paper_lin.get_lines()[0].get_ydata()) == FIG5_LIN
-    legend = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert legend == ["ours (tiny)", "paper (ViT-L, IN-1K)", "paper, approximate"]
+    legend = {t.get_text() for t in fig.legends[0].get_texts()}
+    assert legend == {
+        "ours (tiny): mean ± 95% CI",
+        "one seed",
+        "paper (ViT-L, IN-1K)",
+        "paper, approximate",
+    }
+    fig9 = draw(tables["fig9"]).get_axes()[1]
+    assert fig9.get_xticklabels()[0].get_text() == "0\n(linprobe)"
 
 
 def test_cli_writes_everything_and_logs_a_report_run(store, tmp_path, capsys):
@@ -444,6 +480,7 @@ def test_cli_writes_everything_and_logs_a_report_run(store, tmp_path, capsys):
     assert main(["--scale", SCALE, "--tracking-uri", store["uri"], "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "### Table 1a: decoder depth" in printed and "| 8 ★" in printed
+    assert "**Fig. 5: 0 of 5 claims hold, 5 missing**" in printed
     assert f"{out / 'fig5'}.png" in printed
     for table in DEFINITION_IDS:
         for suffix in ("md", "tex", "csv"):
@@ -453,9 +490,13 @@ def test_cli_writes_everything_and_logs_a_report_run(store, tmp_path, capsys):
         assert image.shape[0] > 400 and image.shape[1] > 600
         assert (out / f"{figure}.pdf").read_bytes().startswith(b"%PDF")
     assert not (out / "table1a.png").exists()
+    claims = pd.read_csv(out / "table1c-claims.csv")
+    assert list(claims["verdict"]) == ["missing", "missing"]  # one seed of w/ [M]: no interval
     report = (out / "report.md").read_text()
     assert "# MAE ablations regenerated at the `tiny` scale" in report
-    assert "experiment `mae-ablate/tiny` (32 runs: 30 FINISHED, 1 FAILED, 1 RUNNING)" in report
+    assert "experiment `mae-ablate/tiny` (33 runs: 31 FINISHED, 1 FAILED, 1 RUNNING)" in report
+    assert report.index("## The paper's claims") < report.index("## Table 1a")
+    assert "- Table 1c: 0 of 2 claims hold, 2 missing" in report
     assert "- runs in these tables: 27" in report
     commit = (
         mlflow.MlflowClient(store["uri"])
@@ -533,4 +574,9 @@ def test_empty_store_prints_dashes_and_exits_0(tmp_path, store, capsys):
     )
     printed = capsys.readouterr().out
     assert "run `python studies/run.py mask_ratio_sweep --scale micro`" in printed
-    assert sorted(p.name for p in out.iterdir()) == ["fig5.csv", "fig5.md", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "fig5-claims.csv",
+        "fig5.csv",
+        "fig5.md",
+        "report.md",
+    ]
