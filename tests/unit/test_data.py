@@ -377,7 +377,9 @@ def test_channel_adaptation_and_resizing_for_evaluations():
 
 
 def test_finetune_transform_uses_timm_randaugment_only_on_large_enough_images(micro):
-    cfg = micro(finetune={"randaug": "rand-m9-mstd0.5-inc1", "reprob": 0.25})  # official
+    cfg = micro(
+        finetune={"augmentation": "timm", "randaug": "rand-m9-mstd0.5-inc1", "reprob": 0.25}
+    )
     big = finetune_train_transform(cfg.finetune, 28, 1, (0.5,), (0.25,))
     small = finetune_train_transform(cfg.finetune, 8, 1, (0.5,), (0.25,))
     assert "RandAugment" in repr(big) and "RandAugment" not in repr(small)

@@ -101,7 +101,7 @@ def _free_port() -> int:
     "uri, words",
     [
         ("sqlite:////nonexistent-dir/sub/mlruns.db", "does not exist"),
-        ("foo://bar", "cannot use tracking store foo://bar"),
+        ("foo://bar", "bad tracking URI foo://bar: use sqlite"),
         ("http://127.0.0.1:{port}", "cannot reach the MLflow server"),
     ],
 )
