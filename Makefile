@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns.db
 
-.PHONY: demo test test-fast lint format ui data bench clean
+.PHONY: demo test test-fast lint format ui data bench bench-e2e clean
 
 # The virtual environment: rebuilt only when pyproject.toml changes (the directory is the stamp).
 $(VENV): pyproject.toml
@@ -40,8 +40,13 @@ format: $(VENV)
 ui: $(VENV)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --artifacts-destination $(CURDIR)/mlartifacts --host 127.0.0.1 --port $${PORT:-5000}
 
+# Every benchmark but the end-to-end one (report in benchmarks/out/report.md); `make bench-e2e`
+# times make demo and the tiny mask_ratio_sweep in a fresh store (tens of minutes).
 bench: $(VENV)
-	$(PY) benchmarks/throughput.py
+	$(PY) -m benchmarks
+
+bench-e2e: $(VENV) data
+	$(PY) -m benchmarks --only e2e
 
 clean:
 	rm -rf analysis/out runs .submitit

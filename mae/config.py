@@ -246,6 +246,7 @@ class RuntimeConfig(Section):
     log_every: int = Field(50, ge=1)
     checkpoint_every: int = Field(1, ge=1)  # epochs between checkpoints
     recon_images: int = Field(8, ge=0)  # images in the reconstruction grid PNG
+    compile: bool | None = None  # torch.compile the pre-training model; None: on CUDA only
 
 
 class ExperimentConfig(Section):

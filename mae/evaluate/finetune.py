@@ -24,6 +24,7 @@ from mae.data import eval_sets
 from mae.evaluate.classifier import build_classifier, init_head, load_encoder, pretrained_encoder
 from mae.evaluate.loop import Setup, run_protocol
 from mae.logger import MetricLogger
+from mae.train.optim import adamw
 from mae.train.schedule import peak_lr
 
 FINETUNE_HEAD_STD = 2e-5
@@ -74,8 +75,8 @@ def finetune_setup(
         init_head(model.head, FINETUNE_HEAD_STD)
     frozen = tuple(freeze(model)) if freeze else ()
     model.to(device)
-    optimizer = torch.optim.AdamW(
-        layer_decay_groups(model, hp), lr=peak_lr(hp.blr, hp.batch_size), betas=tuple(hp.betas)
+    optimizer = adamw(
+        layer_decay_groups(model, hp), peak_lr(hp.blr, hp.batch_size), tuple(hp.betas)
     )
     mixup = build_mixup(hp, sets.info.num_classes)
     criterion = (

@@ -51,7 +51,6 @@ def probe_head(width: int, num_classes: int) -> nn.Sequential:
     return nn.Sequential(nn.BatchNorm1d(width, affine=False, eps=1e-6), linear)
 
 
-@torch.no_grad()
 def encode(
     encoder: nn.Module,
     dataset: Dataset,
@@ -60,14 +59,16 @@ def encode(
     precision: str,
     num_workers: int = 0,
 ) -> TensorDataset:
-    """Features (float32, on the CPU) and labels of a whole split, in order."""
+    """Features (float32, on the CPU) and labels of a whole split, in order. The encoder runs
+    under `inference_mode`; the features are joined outside it, so the probe can train on them."""
     encoder.eval()
     feats, labels = [], []
     loader = make_loader(dataset, batch_size, False, seed=0, epoch=0, num_workers=num_workers)
-    for images, targets in loader:
-        with autocast(device, precision):
-            feats.append(encoder(images.to(device)).float().cpu())
-        labels.append(torch.as_tensor(targets))
+    with torch.inference_mode():
+        for images, targets in loader:
+            with autocast(device, precision):
+                feats.append(encoder(images.to(device)).float().cpu())
+            labels.append(torch.as_tensor(targets))
     return TensorDataset(torch.cat(feats), torch.cat(labels))
 
 

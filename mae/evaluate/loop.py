@@ -97,16 +97,19 @@ def train_one_epoch(
             images, targets = setup.mixup(images, targets)
         with autocast(device, precision):
             loss = setup.criterion(setup.model(images), targets)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, iteration {it}")
         setup.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         setup.optimizer.step()
-        total += loss.detach()
-    return total.item() / iters, lr, iters
+        total += loss.detach()  # read once per epoch: no wait for the device in the loop
+    mean = total.item() / iters
+    if not math.isfinite(mean):
+        raise FloatingPointError(
+            f"{type(setup.model).__name__} loss is {mean} in epoch {epoch + 1}"
+        )
+    return mean, lr, iters
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(
     model: nn.Module,
     dataset: Dataset,

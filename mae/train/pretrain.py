@@ -35,9 +35,11 @@ from mae.train.runtime import (
     DistInfo,
     autocast,
     cleanup_distributed,
+    compiled,
     init_distributed,
     prepare,
     progress,
+    progress_enabled,
     seed_everything,
 )
 from mae.train.schedule import lr_at, peak_lr
@@ -103,10 +105,11 @@ def train_one_epoch(run: Run, loader: torch.utils.data.DataLoader, epoch: int) -
     loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
     lr_sum = 0.0
     show_every = max(1, min(cfg.runtime.log_every, steps // 10))
+    shown = run.dist.is_main and progress_enabled(cfg.runtime.progress)
     model.train()
     bar = progress(
         loader,
-        enabled=cfg.runtime.progress if run.dist.is_main else False,
+        enabled=shown,
         desc=f"epoch {epoch + 1}/{pcfg.epochs}",
         total=steps,
         leave=False,
@@ -131,7 +134,7 @@ def train_one_epoch(run: Run, loader: torch.utils.data.DataLoader, epoch: int) -
             loss_sum += loss.detach()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if (it + 1) % show_every == 0:  # .item() waits for the GPU: not every step
+        if shown and (it + 1) % show_every == 0:  # .item() waits for the GPU: rarely, if shown
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)
 
     if run.ddp:
@@ -182,6 +185,7 @@ def build_run(cfg: ExperimentConfig, info: DistInfo) -> Run:
     if info.world_size > 1:
         ids = [device.index] if device.type == "cuda" else None
         model = DistributedDataParallel(core, device_ids=ids, find_unused_parameters=True)
+    model = compiled(model, device, cfg.runtime.compile)
     optimizer = build_optimizer(core, pcfg, lr)
     return Run(cfg, device, info, lr, pcfg.accum_iter, core, model, optimizer, dataset, batch)
 

@@ -16,9 +16,11 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 from tqdm.auto import tqdm
 
 from mae.config import RuntimeConfig
+from mae.paths import project_root
 
 T = TypeVar("T")
 
@@ -59,6 +61,25 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def resolve_compile(device: torch.device, setting: bool | None) -> bool:
+    """`runtime.compile`: an explicit setting wins; None compiles on CUDA only. On this project's
+    CPUs compiling paid nothing (tiny step 1.00x, ViT-B step see docs/benchmarks.md) for minutes
+    of compile time (`python -m benchmarks --only choices --compile`)."""
+    return setting if setting is not None else device.type == "cuda"
+
+
+def compiled(model: nn.Module, device: torch.device, setting: bool | None) -> nn.Module:
+    """`model` under `torch.compile` when `resolve_compile` says so. Inductor's cache goes to
+    `<project>/.cache/torchinductor` unless TORCHINDUCTOR_CACHE_DIR says otherwise: every job of a
+    sweep (same shapes, same code) then loads the first one's kernels instead of compiling."""
+    if not resolve_compile(device, setting):
+        return model
+    os.environ.setdefault(
+        "TORCHINDUCTOR_CACHE_DIR", str(project_root() / ".cache" / "torchinductor")
+    )
+    return torch.compile(model)
 
 
 def progress_enabled(setting: bool | None) -> bool:

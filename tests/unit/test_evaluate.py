@@ -190,7 +190,8 @@ def test_linprobe_features_are_deterministic(micro, checkpoint: Path) -> None:
     assert torch.equal(first, second)
     assert not any(p.requires_grad for p in encoder.parameters()) and not encoder.training
     cached = encode(encoder, sets.val, 32, torch.device("cpu"), "fp32")
-    assert torch.equal(cached.tensors[0][: len(images)], first)
+    assert torch.equal(cached.tensors[0][: len(images)], first)  # inference_mode, same numbers
+    assert not cached.tensors[0].is_inference()  # the probe trains on them
 
 
 # --------------------------------------------------------------------------- freezing
