@@ -25,7 +25,6 @@ from typing import Any, Literal
 from mae.config import (
     EVAL_STAGES,
     TABLE_AXES,
-    UNAVAILABLE_TARGETS,
     ExperimentConfig,
     affects,
     apply_overrides,
@@ -250,8 +249,6 @@ def _unavailable_reason(
     for key, label in missing.items():
         if affects(stage, key):
             return f"{key}={label_str(label)} has no counterpart at scale {scale.name} (its maps)"
-    if stage != "scratch" and cfg.target.kind in UNAVAILABLE_TARGETS:
-        return UNAVAILABLE_TARGETS[cfg.target.kind]
     return None
 
 

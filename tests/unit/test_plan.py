@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from mae import track
-from mae.config import TABLE_AXES, UNAVAILABLE_TARGETS
+from mae.config import TABLE_AXES
 from mae.schema import ConfigError
 from mae.sweep.launch import select_runs
 from mae.sweep.plan import Plan, mark_shared, plan_study, with_status
@@ -92,20 +92,6 @@ def test_labels_are_paper_values_configs_are_scale_values() -> None:
         "block",
         "0.5",
     )
-
-
-def test_unavailable_targets_are_planned_with_a_reason() -> None:
-    p = plan("reconstruction_target", "tiny")
-    for kind in ("pca", "dvae"):
-        runs = [r for r in p.runs if f"kind={kind}/" in r.name]
-        assert [r.stage for r in runs] == ["pretrain", "finetune", "linprobe"]
-        assert all(r.status == "unavailable" for r in runs)
-        assert runs[0].reason == UNAVAILABLE_TARGETS[kind]
-        assert all(UNAVAILABLE_TARGETS[kind] in r.reason for r in runs)
-        assert all(r.labels["target.kind"] == kind for r in runs)
-    assert {r.status for r in p.runs if "kind=norm_pixel" in r.name} == {"new"}
-    todo, _ = select_runs(p.runs)
-    assert {r.key for r in todo} == {r.key for r in p.runs if r.status == "new"}
 
 
 def test_labels_without_counterpart_at_a_scale_are_unavailable() -> None:
