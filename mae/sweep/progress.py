@@ -16,10 +16,13 @@ import submitit
 
 from mae.config import EVAL_STAGES
 from mae.jobs import JobSpec, read_progress
+from mae.sweep.plan import stage_noun
 
 log = logging.getLogger(__name__)
 
-STAGE_ORDER = ("pretrain", *EVAL_STAGES)
+
+STAGE_ORDER = ("tokenizer", "pretrain", *EVAL_STAGES)
+READY_ORDER = {"tokenizer": 0, "pretrain": 2}  # others (evaluations) 1: results arrive early
 QUEUED_STATES = {"PENDING", "REQUEUED", "UNKNOWN", "READY", "PREEMPTED"}  # sacct, not yet running
 
 
@@ -38,19 +41,22 @@ class Progress:
         return dep if dep in self.specs else None
 
     def ready(self) -> list[str]:
-        """Waiting runs whose pre-training is done (or not part of this launch), evaluations
-        first so that results arrive early."""
+        """Waiting runs whose parent (an evaluation's pre-training, a pre-training's tokenizer)
+        is done or not part of this launch: tokenizers first, since pre-trainings wait for
+        them, then evaluations so that results arrive early."""
         free = [k for k in self.waiting if (d := self.depends_on(k)) is None or d in self.done]
-        return sorted(free, key=lambda k: self.specs[k].stage == "pretrain")
+        return sorted(free, key=lambda k: READY_ORDER.get(self.specs[k].stage, 1))
 
     def fail_dependents(self) -> list[submitit.Job[Any]]:
-        """Evaluations of failed pre-trainings fail too; returns the jobs of those already
-        submitted (held by their dependency on Slurm) for the caller to cancel."""
+        """Runs whose parent failed fail too (transitively, as the loop is called again);
+        returns the jobs of those already submitted (held by their dependency on Slurm) for the
+        caller to cancel."""
         held = []
         for key in [*self.waiting, *self.running]:
             dep = self.depends_on(key)
             if dep in self.failed:
-                self.failed[key] = f"not run: its pre-training {self.specs[dep].name} failed"
+                parent = self.specs[dep]
+                self.failed[key] = f"not run: its {stage_noun(parent.stage)} {parent.name} failed"
                 if key in self.running:
                     held.append(self.running.pop(key))
                 else:
