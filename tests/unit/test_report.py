@@ -266,6 +266,7 @@ def test_missing_rows_and_approximate_values_in_footnotes(tables):
         "— no finished run yet for pixel (w/ norm), PCA, dVAE token: run "
         "`python studies/run.py reconstruction_target --scale tiny`."
     )
+    assert notes[-1].startswith("PCA: the largest target.pca_components coefficients")
     assert any("approximate" in n and "Fig. 5 ft" in n for n in tables["fig5"].footnotes())
     assert not any("approximate" in n for n in tables["table1a"].footnotes())
 
