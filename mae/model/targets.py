@@ -140,13 +140,14 @@ class PCATarget(RegressionTarget):
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
     @torch.no_grad()
-    def fit(self, patches: torch.Tensor) -> None:
-        """Principal components of (M, D) patches, in float64: the eigenvectors of their
-        covariance, largest first, each signed so that its largest entry is positive."""
-        x = patches.detach().double().cpu()
-        mean = x.mean(dim=0)
-        cov = (x - mean).T @ (x - mean) / (x.shape[0] - 1)
-        values, vectors = torch.linalg.eigh(cov)  # ascending
+    def fit(self, patches: torch.Tensor, chunk: int = 1 << 16) -> None:
+        """Principal components of (M, D) patches: the eigenvectors of their covariance, largest
+        first, each signed so that its largest entry is positive. Sums run in float64 over
+        chunks of the sample, so a large one needs no float64 copy of itself."""
+        x = patches.detach().cpu().flatten(0, -2)
+        mean = sum(c.double().sum(dim=0) for c in x.split(chunk)) / x.shape[0]
+        cov = sum((c.double() - mean).T @ (c.double() - mean) for c in x.split(chunk))
+        values, vectors = torch.linalg.eigh(cov / (x.shape[0] - 1))  # ascending
         values, vectors = values.flip(0).clamp(min=0), vectors.flip(1)
         top = vectors[:, : self.out_dim]
         signs = torch.sign(top.gather(0, top.abs().argmax(dim=0, keepdim=True)))

@@ -124,6 +124,9 @@ def test_pca_basis_is_orthonormal_and_explains_what_scikit_learn_says() -> None:
     np.testing.assert_allclose(overlap, np.eye(4), atol=1e-5)
     torch.testing.assert_close(target.mean.double(), patches.double().mean(0), atol=1e-5, rtol=0)
     assert target.summary() == {"pca_explained_variance": pytest.approx(float(target.explained))}
+    chunked = PCATarget(16, k=4)
+    chunked.fit(patches, chunk=128)  # the sums over a large sample run in chunks
+    torch.testing.assert_close(chunked.basis, target.basis, atol=1e-5, rtol=0)
 
 
 def test_pca_with_every_component_reconstructs_exactly() -> None:
