@@ -154,6 +154,8 @@ def train_tokenizer(
     if state.final is not None:
         log.info("tokenizer %s already finished in %s", checkpointer.key[:12], workdir)
         return state.final
+    if stop_after_epoch is not None and state.epoch >= stop_after_epoch:
+        return summarise(state.history)
     device = prepare(cfg.runtime)
     seed_everything(tcfg.seed)
     model = build_tokenizer(cfg).to(device)
@@ -178,7 +180,8 @@ def train_tokenizer(
         picture = workdir / RECONSTRUCTION
         visualize.token_grid(model, cfg, picture, min(cfg.runtime.recon_images, PICTURE_IMAGES))
         logger.log_artifact(picture)
-    return state.final or summarise(state.history)
+    assert state.final is not None
+    return state.final
 
 
 def load_tokenizer(tokenizer: Tokenizer, cfg: ExperimentConfig, checkpoint: Path | None) -> None:
