@@ -23,21 +23,16 @@ from pydantic import (
     model_validator,
 )
 
-from mae.schema import ConfigError, Schema, schema_error
+from mae.schema import ConfigError, Problem, Schema, schema_error
 
 Sampler = Literal["random", "block", "grid"]
 TargetKind = Literal["pixel", "norm_pixel", "pca", "dvae"]
 Augmentation = Literal["none", "crop_fixed", "crop_rand", "crop_colorjit"]
 DatasetName = Literal["fashion_mnist", "digits", "synthetic", "cifar10", "imagefolder"]
-Stage = Literal["pretrain", "finetune", "linprobe", "partial", "scratch"]
+TokenizerKind = Literal["dvae", "dalle"]
+Stage = Literal["tokenizer", "pretrain", "finetune", "linprobe", "partial", "scratch"]
 EVAL_STAGES: tuple[str, ...] = ("finetune", "linprobe", "partial", "scratch")
-
-# Targets whose implementation has not landed yet: planning marks their runs unavailable (and says
-# why) instead of launching or silently skipping them.
-UNAVAILABLE_TARGETS: dict[str, str] = {
-    "pca": "the PCA-coefficient target is not implemented yet",
-    "dvae": "the dVAE-token target is not implemented yet",
-}
+DALLE_VOCAB = 8192  # codes of the DALL-E dVAE
 
 # The config paths that the paper's tables vary. Every run records a paper label for each of them
 # (params `label.<path>`), so a table is a query over labels whatever the scale maps values to.
@@ -114,7 +109,27 @@ class TargetConfig(Section):
     kind: TargetKind = "pixel"
     loss_on: Literal["masked", "all"] = "masked"
     pca_components: int = Field(96, ge=1)  # paper: the largest 96 coefficients
-    dvae_vocab: int = Field(8192, ge=2)
+    dvae_vocab: int = Field(8192, ge=2)  # codes of the in-project dVAE (DALL-E's are 8192)
+
+
+class TokenizerConfig(Section):
+    """How the dVAE target's tokens are made: the DALL-E encoder from a local weights file, or
+    the in-project discrete VAE trained on the pre-training split (a stage of its own)."""
+
+    kind: TokenizerKind = "dvae"
+    weights: str | None = None  # dalle: a local file with the DALL-E encoder (encoder.pkl)
+    hidden: int = Field(64, ge=4)  # dvae: channels of its convolutions and codebook vectors
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    min_lr: float = Field(1e-5, ge=0)
+    warmup_epochs: float = Field(1, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    # Gumbel-softmax temperature, annealed exponentially from start to end over training
+    temperature_start: float = Field(1.0, gt=0)
+    temperature_end: float = Field(1 / 16, gt=0)  # DALL-E anneals 1 -> 1/16
+    kl_weight: float = Field(0.03, ge=0)  # weight of KL(codes || uniform prior)
+    seed: int = 0
 
 
 class DataConfig(Section):
@@ -255,6 +270,7 @@ class ExperimentConfig(Section):
     decoder: DecoderConfig = DecoderConfig()
     masking: MaskingConfig = MaskingConfig()
     target: TargetConfig = TargetConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
     data: DataConfig = DataConfig()
     pretrain: PretrainConfig = PretrainConfig()
     finetune: FinetuneConfig = FinetuneConfig()
@@ -289,7 +305,13 @@ class ExperimentConfig(Section):
             )
         if self.masking.sampler in ("grid", "block") and (side // self.encoder.patch_size) < 2:
             raise ValueError("block and grid masking need a patch grid of at least 2x2")
-        del chans
+        patch_dim = self.encoder.patch_size**2 * chans
+        if self.target.kind == "pca" and self.target.pca_components > patch_dim:
+            raise Problem(
+                "target.pca_components",
+                self.target.pca_components,
+                f"at most the patch dimension {patch_dim} (encoder.patch_size^2 x channels)",
+            )
         return self
 
     # Derived geometry, so that model and data agree on one number.
@@ -394,11 +416,13 @@ def flatten_dict(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- canonical form, keys
 
-# The sections each stage's content key hashes: what changes its result. `runtime` never does. A
-# preset (`model`) is not hashed itself: it has expanded into `encoder` and `decoder` by then. An
-# evaluation's key also hashes its pre-training's key; scratch has no pre-training, so the
-# architecture and data it trains on are its own.
+# The sections (or dotted fields) each stage's content key hashes: what changes its result.
+# `runtime` never does. A preset (`model`) is not hashed itself: it has expanded into `encoder` and
+# `decoder` by then. An evaluation's key also hashes its pre-training's key, and a dVAE-target
+# pre-training its tokenizer's; scratch has no pre-training, so the architecture and data it
+# trains on are its own.
 KEY_SECTIONS: dict[str, tuple[str, ...]] = {
+    "tokenizer": ("tokenizer", "data", "target.dvae_vocab"),
     "pretrain": ("encoder", "decoder", "masking", "target", "data", "pretrain"),
     "finetune": ("finetune",),
     "linprobe": ("linprobe",),
@@ -408,19 +432,28 @@ KEY_SECTIONS: dict[str, tuple[str, ...]] = {
 PRESET_SECTIONS = ("encoder", "decoder")  # what `model.preset` fills
 
 
+# Target fields that one kind alone reads. Other kinds hash them at their defaults, so that a scale
+# may size the PCA target and the dVAE vocabulary without changing any other pre-training's key.
+KIND_FIELDS: dict[str, str] = {"pca_components": "pca", "dvae_vocab": "dvae"}
+
+
 def depends_on_pretraining(stage: str) -> bool:
-    return stage not in ("pretrain", "scratch")
+    return stage in EVAL_STAGES and stage != "scratch"
+
+
+def uses_tokenizer_stage(cfg: ExperimentConfig) -> bool:
+    """Does this pre-training need the in-project dVAE trained first (a `tokenizer` run)?"""
+    return cfg.target.kind == "dvae" and cfg.tokenizer.kind == "dvae"
 
 
 def affects(stage: str, key: str) -> bool:
     """Does the dotted config `key` change the result (and so the content key) of `stage`?"""
-    sections = KEY_SECTIONS[stage]
+    paths = KEY_SECTIONS[stage]
     if depends_on_pretraining(stage):
-        sections += KEY_SECTIONS["pretrain"]
-    section = key.split(".", 1)[0]
-    if section == "model":
-        return any(s in sections for s in PRESET_SECTIONS)
-    return section in sections
+        paths += KEY_SECTIONS["pretrain"]
+    if key.split(".", 1)[0] == "model":
+        return any(s in paths for s in PRESET_SECTIONS)
+    return any(key == path or key.startswith(f"{path}.") for path in paths)
 
 
 def canonical_json(obj: Any) -> str:
@@ -430,17 +463,35 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def _hashed_fields(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The config as keys hash it: `KIND_FIELDS` of other target kinds at their defaults."""
+    dumped = cfg.model_dump(mode="json")
+    for name, kind in KIND_FIELDS.items():
+        if cfg.target.kind != kind:
+            dumped["target"][name] = TargetConfig.model_fields[name].default
+    return dumped
+
+
+def _at(tree: Mapping[str, Any], path: str) -> Any:
+    for part in path.split("."):
+        tree = tree[part]
+    return tree
+
+
 def run_key(cfg: ExperimentConfig, stage: str) -> str:
-    """Content key of a run: the hash of the sections `stage` depends on (`KEY_SECTIONS`) and,
-    for an evaluation of a pre-training, of that pre-training's key."""
+    """Content key of a run: the hash of what `stage` depends on (`KEY_SECTIONS`) and, for an
+    evaluation of a pre-training, of that pre-training's key; a dVAE-target pre-training also
+    hashes its tokenizer's key."""
     if stage not in KEY_SECTIONS:
         raise ValueError(f"unknown stage {stage!r}; allowed: {', '.join(KEY_SECTIONS)}")
-    dumped = cfg.model_dump(mode="json")
-    payload: dict[str, Any] = {section: dumped[section] for section in KEY_SECTIONS[stage]}
+    dumped = _hashed_fields(cfg)
+    payload: dict[str, Any] = {path: _at(dumped, path) for path in KEY_SECTIONS[stage]}
     if stage != "pretrain":
         payload["stage"] = stage
     if depends_on_pretraining(stage):
         payload["pretrain_key"] = pretrain_key(cfg)
+    if stage == "pretrain" and cfg.target.kind == "dvae":
+        payload["tokenizer_key"] = run_key(cfg, "tokenizer")
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 

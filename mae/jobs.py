@@ -1,4 +1,4 @@
-"""The callables that submitit pickles and runs: one pre-training or one evaluation per job.
+"""The callables that submitit pickles and runs: one tokenizer, pre-training or evaluation per job.
 
 A job is stateless apart from its `JobSpec`: everything it has done lives on disk (the stage's
 checkpoint in its workdir) and in MLflow (the run with its content key). So a job that starts
@@ -26,7 +26,7 @@ import submitit
 import yaml
 
 from mae import track
-from mae.config import ExperimentConfig, flatten_config, validate_config
+from mae.config import EVAL_STAGES, ExperimentConfig, flatten_config, validate_config
 from mae.logger import MetricLogger, NullLogger
 from mae.paths import CHECKPOINT, PROGRESS, RECONSTRUCTION
 
@@ -56,8 +56,8 @@ def one_line(exc: BaseException) -> str:
 class JobSpec:
     """Everything one stage job needs, picklable and free of live handles.
 
-    The parent pre-training's run id is looked up by `depends_on` when the job starts, not
-    captured here: on Slurm the evaluation is submitted before its pre-training has a run.
+    The parent's run id is looked up by `depends_on` when the job starts, not captured here: on
+    Slurm the evaluation is submitted before its pre-training has a run.
     """
 
     key: str
@@ -70,12 +70,21 @@ class JobSpec:
     experiment_id: str
     workdir: str
     labels: dict[str, Any] = field(default_factory=dict)  # table axis -> the paper's label
-    depends_on: str | None = None  # an evaluation's pre-training key
-    pretrain_workdir: str | None = None  # where that pre-training keeps its checkpoint
+    depends_on: str | None = None  # an evaluation's pre-training key, a pre-training's tokenizer's
+    pretrain_workdir: str | None = None  # where an evaluation's pre-training keeps its checkpoint
+    tokenizer_workdir: str | None = None  # where a pre-training's tokenizer keeps its checkpoint
 
     @property
     def pretrain_checkpoint(self) -> Path | None:
         return Path(self.pretrain_workdir) / CHECKPOINT if self.pretrain_workdir else None
+
+    @property
+    def tokenizer_checkpoint(self) -> Path | None:
+        return Path(self.tokenizer_workdir) / CHECKPOINT if self.tokenizer_workdir else None
+
+    @property
+    def is_evaluation(self) -> bool:
+        return self.stage in EVAL_STAGES
 
 
 def _job_environment() -> submitit.JobEnvironment | None:
@@ -92,10 +101,11 @@ def label_params(labels: dict[str, Any]) -> dict[str, str]:
 
 
 def job_tags(spec: JobSpec, env: submitit.JobEnvironment | None) -> dict[str, str]:
-    """Tags saying where a run comes from: study, scale, its pre-training, the job that ran it."""
+    """Tags saying where a run comes from: study, scale, its pre-training (or tokenizer), the job
+    that ran it."""
     tags = {"study": spec.study, "scale": spec.scale}
     if spec.depends_on:
-        tags["pretrain_key"] = spec.depends_on
+        tags["pretrain_key" if spec.is_evaluation else "tokenizer_key"] = spec.depends_on
     if env is not None:
         tags["executor"] = env.cluster
         if env.cluster == "slurm":
@@ -151,10 +161,14 @@ def run_stage(
 ) -> dict[str, float]:
     """Train or evaluate; each resumes from `workdir/checkpoint.pt` when there is one. (Imported
     here: the launcher imports this module and needs neither torch nor the models.)"""
+    if spec.stage == "tokenizer":
+        from mae.train.tokenizer import train_tokenizer
+
+        return train_tokenizer(cfg, workdir, logger)
     if spec.stage == "pretrain":
         from mae.train.pretrain import pretrain
 
-        return pretrain(cfg, workdir, logger)
+        return pretrain(cfg, workdir, logger, tokenizer_checkpoint=spec.tokenizer_checkpoint)
     from mae.evaluate import run_eval
 
     checkpoint = spec.pretrain_checkpoint
@@ -246,9 +260,10 @@ class StageJob(submitit.helpers.Checkpointable):
         env: submitit.JobEnvironment | None,
         run_id: str | None,
     ) -> str:
-        """Create the run, or resume the one with this key (same run id), logging its config."""
+        """Create the run, or resume the one with this key (same run id), logging its config; an
+        evaluation nests under its pre-training's run."""
         parent_id = None
-        if spec.depends_on:
+        if spec.depends_on and spec.is_evaluation:
             parent = track.find_runs(spec.tracking_uri, spec.experiment_id, [spec.depends_on])
             parent_id = parent[spec.depends_on].run_id if spec.depends_on in parent else None
             if parent_id is None:

@@ -26,8 +26,10 @@ from torch import nn
 
 from mae.config import ExperimentConfig
 from mae.model.masking import Masking, RandomSampler, Sampler, build_sampler
+from mae.model.patches import patchify, unpatchify
 from mae.model.pos_embed import sincos_2d
 from mae.model.targets import LossOn, PixelTarget, Target, build_target
+from mae.model.tokenizer import build_tokenizer
 
 # Top-level names of the parameters a timm VisionTransformer shares with our encoder.
 ENCODER_KEYS = ("patch_embed", "cls_token", "pos_embed", "blocks", "norm")
@@ -163,8 +165,8 @@ class MaskedAutoencoder(nn.Module):
 
     def initialize_weights(self) -> None:
         """Official init: xavier-uniform Linear (and the patch conv seen as a Linear), zero
-        biases, unit LayerNorms, tokens ~ N(0, 0.02). A target's own weights (a dVAE) are left
-        as given."""
+        biases, unit LayerNorms, tokens ~ N(0, 0.02). A target's own weights (a tokenizer) are
+        left as given."""
         w = self.patch_embed.proj.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.normal_(self.cls_token, std=0.02)
@@ -177,19 +179,11 @@ class MaskedAutoencoder(nn.Module):
 
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, L, p*p*C), pixels of a patch in (row, col, channel) order."""
-        p = self.patch_size
-        n, c, h, w = imgs.shape
-        x = imgs.reshape(n, c, h // p, p, w // p, p)
-        x = torch.einsum("nchpwq->nhwpqc", x)
-        return x.reshape(n, (h // p) * (w // p), p * p * c)
+        return patchify(imgs, self.patch_size)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """(N, L, p*p*C) -> (N, C, H, W), the inverse of `patchify`."""
-        p, c = self.patch_size, self.in_chans
-        gh, gw = self.patch_embed.grid_size
-        x = x.reshape(x.shape[0], gh, gw, p, p, c)
-        x = torch.einsum("nhwpqc->nchpwq", x)
-        return x.reshape(x.shape[0], c, gh * p, gw * p)
+        return unpatchify(x, self.patch_size, self.in_chans, self.patch_embed.grid_size)
 
     # ------------------------------------------------------------------ forward
 
@@ -249,6 +243,7 @@ def _init_linear_and_norm(m: nn.Module) -> None:
 def build_mae(cfg: ExperimentConfig) -> MaskedAutoencoder:
     """The model an experiment config describes."""
     enc, dec, chans = cfg.encoder, cfg.decoder, cfg.image_channels
+    tokenizer = build_tokenizer(cfg) if cfg.target.kind == "dvae" else None
     return MaskedAutoencoder(
         img_size=cfg.image_side,
         patch_size=enc.patch_size,
@@ -261,7 +256,7 @@ def build_mae(cfg: ExperimentConfig) -> MaskedAutoencoder:
         decoder_depth=dec.depth,
         decoder_num_heads=dec.heads,
         decoder_mlp_ratio=dec.mlp_ratio,
-        target=build_target(cfg.target, enc.patch_size, chans),
+        target=build_target(cfg.target, enc.patch_size, chans, tokenizer),
         sampler=build_sampler(cfg.masking.sampler),
         mask_ratio=cfg.masking.ratio,
         loss_on=cfg.target.loss_on,

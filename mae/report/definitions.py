@@ -113,6 +113,7 @@ def _table1(
     pairs: Iterable[tuple[str, Any]],
     baseline: str,
     study: str,
+    note: str = "",
 ) -> Definition:
     return Definition(
         id=f"table1{letter}",
@@ -124,6 +125,7 @@ def _table1(
         columns=(FT, LIN),
         study=study,
         baseline=baseline,
+        note=note,
     )
 
 
@@ -172,6 +174,10 @@ DEFINITIONS: tuple[Definition, ...] = (
         ],
         "pixel (w/o norm)",
         "reconstruction_target",
+        note="PCA: the largest target.pca_components coefficients of a patch (paper 96 of 768, "
+        "1/8; the scales keep 1/8, at least 2). dVAE token: the DALL-E tokenizer at the paper "
+        "scale; below it an in-project dVAE trained on the pre-training split (its `tokenizer` "
+        "run logs perplexity and reconstruction error).",
     ),
     _table1(
         "e",

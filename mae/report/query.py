@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mae.config import UNAVAILABLE_TARGETS
 from mae.report.cell import Cell, Seed
 from mae.report.claims import Ref, claims_of
 from mae.report.definitions import DEFINITIONS, QUERY_AXES, Column, Definition, Row, select
@@ -104,19 +103,11 @@ class TableResult:
     def footnotes(self) -> list[str]:
         d, notes = self.definition, []
         missing_rows = list(dict.fromkeys(r for r, _ in self.missing))
-        unavailable = {
-            row.label: UNAVAILABLE_TARGETS[row.values["target.kind"]]
-            for row in d.rows
-            if row.label in missing_rows and row.values.get("target.kind") in UNAVAILABLE_TARGETS
-        }
-        runnable = [r for r in missing_rows if r not in unavailable]
-        if runnable:
+        if missing_rows:
             notes.append(
-                f"— no finished run yet for {', '.join(runnable)}: run "
+                f"— no finished run yet for {', '.join(missing_rows)}: run "
                 f"`python studies/run.py {d.study} --scale {self.scale}`."
             )
-        for label, reason in unavailable.items():
-            notes.append(f"— {label}: not yet available ({reason}).")
         if self.ignored:
             counts = ", ".join(f"{n} {status}" for status, n in sorted(self.ignored.items()))
             notes.append(f"Left out: {sum(self.ignored.values())} run(s) not finished ({counts}).")

@@ -1,10 +1,11 @@
 """Launch a plan's runs through submitit: in-process (`debug`), a bounded local queue (`local`), or
 Slurm job arrays from a cluster profile `slurm/<name>.yaml`; then wait and report.
 
-Stages form a DAG: an evaluation starts only after its pre-training finished. Locally the queue
-holds it back; on Slurm each stage is one job array and every evaluation task waits on its own
-pre-training task through an `afterok` dependency. submitit's LocalExecutor would start every job
-at once (and kill it after 2 minutes), so the local queue submits one job per free slot.
+Stages form a DAG: a dVAE-target pre-training starts only after its tokenizer finished, an
+evaluation only after its pre-training. Locally the queue holds them back; on Slurm each stage is
+one job array and every task waits on its own parent task through an `afterok` dependency.
+submitit's LocalExecutor would start every job at once (and kill it after 2 minutes), so the local
+queue submits one job per free slot.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from submitit.slurm.slurm import SlurmJob
 from mae import track
 from mae.jobs import JobSpec, StageJob, close_abandoned, one_line
 from mae.paths import runs_dir as default_runs_dir
-from mae.sweep.plan import Plan, PlannedRun
+from mae.sweep.plan import Plan, PlannedRun, stage_noun
 from mae.sweep.profile import (
     IN_PROCESS,
     SlurmProfile,
@@ -66,8 +67,8 @@ class LaunchReport:
 def select_runs(
     runs: Sequence[PlannedRun], retry_failed: bool = False
 ) -> tuple[list[PlannedRun], list[tuple[str, str]]]:
-    """Runs to launch (new, resumable, failed when retried) and (name, why) for the others; an
-    evaluation whose pre-training will not run is skipped with it."""
+    """Runs to launch (new, resumable, failed when retried) and (name, why) for the others; a
+    run whose parent (pre-training, tokenizer) will not run is skipped with it."""
     by_key = {run.key: run for run in runs}
     todo: list[PlannedRun] = []
     skipped: list[tuple[str, str]] = []
@@ -78,10 +79,10 @@ def select_runs(
             skipped.append((run.name, "already finished"))
         elif run.status == "unavailable":
             skipped.append((run.name, f"unavailable: {run.reason or 'not available'}"))
-            blocked[run.key] = f"its pre-training {run.name} is unavailable"
+            blocked[run.key] = f"its {stage_noun(run.stage)} {run.name} is unavailable"
         elif run.status == "failed" and not retry_failed:
             skipped.append((run.name, "failed before; rerun with --retry-failed"))
-            blocked[run.key] = f"its pre-training {run.name} failed before"
+            blocked[run.key] = f"its {stage_noun(run.stage)} {run.name} failed before"
         elif parent is not None and parent.key in blocked:
             skipped.append((run.name, blocked[parent.key]))
         else:
@@ -95,6 +96,7 @@ def workdir_for(runs_root: Path, scale: str, stage: str, key: str) -> Path:
 
 
 def job_spec(run: PlannedRun, runs_root: Path, tracking_uri: str, experiment_id: str) -> JobSpec:
+    parent = run.depends_on
     return JobSpec(
         key=run.key,
         stage=run.stage,
@@ -106,10 +108,15 @@ def job_spec(run: PlannedRun, runs_root: Path, tracking_uri: str, experiment_id:
         experiment_id=experiment_id,
         workdir=str(workdir_for(runs_root, run.scale, run.stage, run.key)),
         labels=dict(run.labels),
-        depends_on=run.depends_on,
+        depends_on=parent,
         pretrain_workdir=(
-            str(workdir_for(runs_root, run.scale, "pretrain", run.depends_on))
-            if run.depends_on
+            str(workdir_for(runs_root, run.scale, "pretrain", parent))
+            if parent and run.stage != "pretrain"
+            else None
+        ),
+        tokenizer_workdir=(
+            str(workdir_for(runs_root, run.scale, "tokenizer", parent))
+            if parent and run.stage == "pretrain"
             else None
         ),
     )
@@ -210,9 +217,9 @@ def _set_dependency(job_id: str, dependency: str) -> None:
 def _submit_arrays(
     progress: Progress, profile: SlurmProfile, folder: Path, max_parallel: int | None
 ) -> None:
-    """One array per stage. An evaluation array is submitted held by `afterok` on every
-    pre-training task it needs; each task is then narrowed to its own pre-training task, so a
-    failed pre-training holds back only its own evaluations."""
+    """One array per stage, in stage order. A pre-training or evaluation array is submitted held
+    by `afterok` on every parent task it needs (tokenizers, pre-trainings); each task is then
+    narrowed to its own parent's task, so a failed parent holds back only its own runs."""
     for stage in STAGE_ORDER:
         keys = [k for k in progress.waiting if progress.specs[k].stage == stage]
         if not keys:
@@ -246,8 +253,8 @@ def _submit_arrays(
 
 
 def _slurm_wait(progress: Progress, summary: Summary) -> None:
-    """Poll sacct (one call for all jobs) until every job ended; cancel the evaluations of a
-    failed pre-training (Slurm would hold them forever as DependencyNeverSatisfied)."""
+    """Poll sacct (one call for all jobs) until every job ended; cancel the runs of a failed
+    parent (Slurm would hold them forever as DependencyNeverSatisfied)."""
     while progress.running:
         SlurmJob.watcher.update()
         states = {
@@ -319,8 +326,10 @@ def describe(
         slots = 1 if cluster == "debug" else max_parallel or default_max_parallel(todo)
         where = "in this process" if cluster == "debug" else f"at most {slots} at once"
         counts = ", ".join(f"{stage}: {len(runs)}" for stage, runs in stages.items())
+        order = "pre-trainings after their tokenizer, " if "tokenizer" in stages else ""
         return (
-            f"{cluster}: {len(todo)} jobs ({counts}), {where}; evaluations after their pre-training"
+            f"{cluster}: {len(todo)} jobs ({counts}), {where}; "
+            f"{order}evaluations after their pre-training"
         )
     profile = profile or load_profile(cluster)
     folder = profile.folder(strict=False) / "<launch>" / "%j"
@@ -329,9 +338,10 @@ def describe(
     for stage, runs in stages.items():
         params = slurm_parameters(profile, stage, max_parallel)
         held = sum(1 for r in runs if r.depends_on in launched)
+        parent = "tokenizer" if stage == "pretrain" else "pretrain"
         if held:
-            params["dependency"] = "afterok:<pretrain array tasks>"
-        note = f", {held} held by afterok on their own pre-training task" if held else ""
+            params["dependency"] = f"afterok:<{parent} array tasks>"
+        note = f", {held} held by afterok on their own {stage_noun(parent)} task" if held else ""
         out.append(f"\n{stage}: {len(runs)} task(s){note}")
         keep = render_sbatch(params, folder, len(runs))
         keep += [f"# setup: {ln}" for ln in profile.setup]

@@ -8,8 +8,10 @@ where every value above the base is a paper label, mapped to the scale's value b
 Every config is validated, and an error is re-keyed to the place that set the bad value
 (`sweep.masking.ratio[2]`, `cases[1].masking.sampler`). Runs are deduplicated by content key: one
 pre-training per distinct encoder recipe, one evaluation per (pre-training, evaluation config), so a
-baseline shared with other studies is planned (and later run) once. With a tracking store, each
-run's status comes from MLflow: finished runs are reused, interrupted ones resume.
+baseline shared with other studies is planned (and later run) once. A pre-training with the dVAE
+target and the in-project tokenizer waits for a `tokenizer` run, planned once for all the
+pre-trainings that share its key. With a tracking store, each run's status comes from MLflow:
+finished runs are reused, interrupted ones resume.
 """
 
 from __future__ import annotations
@@ -20,18 +22,19 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
 from mae.config import (
     EVAL_STAGES,
     TABLE_AXES,
-    UNAVAILABLE_TARGETS,
     ExperimentConfig,
     affects,
     apply_overrides,
     canonical_json,
     parse_override,
     run_key,
+    uses_tokenizer_stage,
     validate_config,
 )
 from mae.paths import sqlite_path
@@ -50,18 +53,21 @@ MLFLOW_STATUS: dict[str, RunStatus] = {
     "KILLED": "resumable",
 }
 ROOT_DATASETS = ("imagefolder",)  # no default location: the user says where it is
+PLAN_ORDER = {"tokenizer": 0, "pretrain": 1}  # then the evaluations, in the order planned
 
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One pre-training or evaluation the study needs; `key` is its content key."""
+    """One tokenizer, pre-training or evaluation the study needs; `key` is its content key."""
 
     key: str
-    stage: str  # pretrain | finetune | linprobe | partial | scratch
+    stage: str  # tokenizer | pretrain | finetune | linprobe | partial | scratch
     config: ExperimentConfig
     name: str  # readable: study/axis=value/seed0/stage
-    labels: dict[str, str]  # paper label of every TABLE_AXES key (+ partial.blocks), as text
-    depends_on: str | None  # the pre-training key of an evaluation; None for pre-training, scratch
+    labels: dict[str, str]  # paper label of every TABLE_AXES key it depends on, as text
+    # the key of the run this one waits for: an evaluation's pre-training, a dVAE-target
+    # pre-training's tokenizer; None for the others
+    depends_on: str | None
     study: str
     scale: str
     status: RunStatus = "new"
@@ -72,7 +78,7 @@ class PlannedRun:
 
 @dataclass(frozen=True)
 class Plan:
-    """Every run of a study at one scale: pre-trainings first, then evaluations."""
+    """Every run of a study at one scale: tokenizers, pre-trainings, then evaluations."""
 
     study: str
     scale: str
@@ -212,7 +218,7 @@ class _Validator:
 
 
 def _check_roots(cfg: ExperimentConfig, settings: Mapping[str, Setting], scale: Scale) -> None:
-    """An ImageFolder lives wherever the user put it: a root must be given."""
+    """Paths only the user knows: an ImageFolder's root, the DALL-E tokenizer's weights file."""
     needs = [("data", cfg.data.dataset, cfg.data.root)]
     for stage in EVAL_STAGES:
         section = getattr(cfg, stage)
@@ -224,6 +230,11 @@ def _check_roots(cfg: ExperimentConfig, settings: Mapping[str, Setting], scale: 
             raise _rekey(
                 ConfigError(scale.source, f"{section}.root", root, allowed), settings, scale
             )
+    dalle = cfg.target.kind == "dvae" and cfg.tokenizer.kind == "dalle"
+    if dalle and not Path(cfg.tokenizer.weights or "").is_file():
+        allowed = "a local file for tokenizer.kind=dalle; pass --set tokenizer.weights=PATH"
+        error = ConfigError(scale.source, "tokenizer.weights", cfg.tokenizer.weights, allowed)
+        raise _rekey(error, settings, scale)
 
 
 # --------------------------------------------------------------------------- planning
@@ -250,8 +261,6 @@ def _unavailable_reason(
     for key, label in missing.items():
         if affects(stage, key):
             return f"{key}={label_str(label)} has no counterpart at scale {scale.name} (its maps)"
-    if stage != "scratch" and cfg.target.kind in UNAVAILABLE_TARGETS:
-        return UNAVAILABLE_TARGETS[cfg.target.kind]
     return None
 
 
@@ -269,6 +278,18 @@ def _labels(
         key: label_str(missing[key] if key in missing else scale.label(key, _value(cfg, key)))
         for key in keys
     }
+
+
+def _label_keys(stage: str) -> list[str]:
+    """The labels a run carries: the table axes its key depends on (+ partial.blocks)."""
+    if stage == "tokenizer":
+        return [key for key in TABLE_AXES if affects("tokenizer", key)]
+    return [*TABLE_AXES, *(["partial.blocks"] if stage == "partial" else [])]
+
+
+def stage_noun(stage: str) -> str:
+    """How messages name a stage: 'pre-training', 'tokenizer', 'finetune'..."""
+    return {"pretrain": "pre-training"}.get(stage, stage)
 
 
 def _placeholder_key(study: str, name: str) -> str:
@@ -308,7 +329,8 @@ class _Builder:
         keys: list[str] = []
         pretrain = None
         if not spec.evaluations or any(e.stage != "scratch" for e in spec.evaluations):
-            pretrain = self._run("pretrain", settings, f"{prefix}/pretrain", None)
+            tokenizer = self._tokenizer(settings, point)
+            pretrain = self._run("pretrain", settings, f"{prefix}/pretrain", tokenizer)
             keys.append(pretrain.key)
         for index, evaluation in enumerate(spec.evaluations):
             stage = evaluation.stage
@@ -321,17 +343,25 @@ class _Builder:
             raise _duplicate(point, self.signatures[signature], spec)
         self.signatures[signature] = point
 
+    def _tokenizer(self, settings: Mapping[str, Setting], point: Point) -> PlannedRun | None:
+        """The tokenizer run a point's pre-training waits for, if it needs one: named after the
+        first point that plans it, and shared by every seed and point with the same key."""
+        values, _ = _translate(settings, self.scale)
+        if not uses_tokenizer_stage(self.validate(values, settings)):
+            return None
+        name = "/".join(p for p in (self.spec.name, point.title, "tokenizer") if p)
+        return self._run("tokenizer", settings, name, None)
+
     def _run(
-        self, stage: str, settings: Mapping[str, Setting], name: str, pretrain: PlannedRun | None
+        self, stage: str, settings: Mapping[str, Setting], name: str, parent: PlannedRun | None
     ) -> PlannedRun:
         scale = self.scale
         values, missing = _translate(settings, scale)
         cfg = self.validate(values, settings)
-        label_keys = [*TABLE_AXES, *(["partial.blocks"] if stage == "partial" else [])]
-        depends_on = pretrain.key if pretrain is not None and stage != "scratch" else None
+        depends_on = parent.key if parent is not None and stage != "scratch" else None
         reason = _unavailable_reason(stage, cfg, missing, scale)
-        if reason is None and depends_on and pretrain is not None and pretrain.reason:
-            reason = f"its pre-training is unavailable: {pretrain.reason}"
+        if reason is None and depends_on and parent is not None and parent.reason:
+            reason = f"its {stage_noun(parent.stage)} is unavailable: {parent.reason}"
         if reason is not None:
             key = _placeholder_key(self.spec.name, name)
         else:
@@ -341,7 +371,7 @@ class _Builder:
             stage=stage,
             config=cfg,
             name=name,
-            labels=_labels(cfg, scale, label_keys, missing),
+            labels=_labels(cfg, scale, _label_keys(stage), missing),
             depends_on=depends_on,
             study=self.spec.name,
             scale=scale.name,
@@ -405,7 +435,7 @@ def plan_study(
         for index, seed in enumerate(seed_list):
             seed_layer = _seed_settings(seed, index, seed_source)
             builder.point(point, (seed_layer, overrides_layer, point.settings, set_layer), seed)
-    runs = sorted(builder.runs.values(), key=lambda r: r.stage != "pretrain")
+    runs = sorted(builder.runs.values(), key=lambda r: PLAN_ORDER.get(r.stage, len(PLAN_ORDER)))
     plan = Plan(spec.name, scale.name, runs, tracking_uri, experiment_id)
     return with_status(plan) if tracking_uri else plan
 

@@ -98,14 +98,15 @@ def load_profile(name_or_path: str | Path) -> SlurmProfile:
     """A cluster profile by name (`slurm/<name>.yaml`) or path, validated."""
     path = resolve_named(name_or_path, profiles_dir(), "cluster profile", _unknown_cluster)
     profile = load_model(path, SlurmProfile, "a mapping of profile keys")
-    for stage in EVAL_STAGES:  # mae.evaluate has no DDP: more tasks would repeat the same work
+    # mae.evaluate and the tokenizer have no DDP: more tasks would repeat the same work
+    for stage in ("tokenizer", *EVAL_STAGES):
         res = profile.resources(stage)
         if res["nodes"] > 1 or res["gpus_per_node"] > 1:
             raise ConfigError(
                 str(path),
                 f"stages.{stage}",
                 {k: res[k] for k in ("nodes", "gpus_per_node")},
-                "evaluations run as one process: set nodes: 1 and gpus_per_node: 0 or 1",
+                f"{stage} runs as one process: set nodes: 1 and gpus_per_node: 0 or 1",
             )
     return profile
 

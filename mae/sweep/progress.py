@@ -17,10 +17,12 @@ import submitit
 
 from mae.config import EVAL_STAGES
 from mae.jobs import JobSpec, read_progress
+from mae.sweep.plan import stage_noun
 
 log = logging.getLogger(__name__)
 
-STAGE_ORDER = ("pretrain", *EVAL_STAGES)
+
+STAGE_ORDER = ("tokenizer", "pretrain", *EVAL_STAGES)
 QUEUED_STATES = {"PENDING", "REQUEUED", "UNKNOWN", "READY", "PREEMPTED"}  # sacct, not yet running
 LOG_EVERY_S = 60.0  # off a terminal: a log line when counts change, else at most this often
 
@@ -65,22 +67,23 @@ class Progress:
         return dep if dep in self.specs else None
 
     def ready(self) -> list[str]:
-        """Waiting runs whose pre-training is done (or not part of this launch), longest path to
-        the end of the launch first: every pre-training before any evaluation, since its
-        evaluations wait on it. Starting evaluations first left the last pre-training running
-        alone at the end, one slot busy and the others idle."""
+        """Waiting runs whose parent (an evaluation's pre-training, a pre-training's tokenizer)
+        is done or not part of this launch, longest path to the end of the launch first:
+        tokenizers, then pre-trainings, before any evaluation, since the rest waits on them.
+        Starting evaluations first left the last pre-training running alone at the end, one slot
+        busy and the others idle."""
         free = [k for k in self.waiting if (d := self.depends_on(k)) is None or d in self.done]
         return sorted(free, key=self.path_work, reverse=True)
 
     def path_work(self, key: str) -> float:
         """Estimated work from the start of `key` to the end of its last dependent: its own
-        `work` plus that of its longest evaluation."""
+        `work` plus that of its longest dependent path."""
         after = [self.path_work(k) for k in self.dependents.get(key, ())]
         return work(self.specs[key]) + max(after, default=0.0)
 
     @cached_property
     def dependents(self) -> dict[str, list[str]]:
-        """Pre-training key -> the keys of its evaluations in this launch."""
+        """Parent key -> the keys of the runs that wait on it in this launch."""
         out: dict[str, list[str]] = {}
         for key in self.specs:
             if (dep := self.depends_on(key)) is not None:
@@ -88,13 +91,15 @@ class Progress:
         return out
 
     def fail_dependents(self) -> list[submitit.Job[Any]]:
-        """Evaluations of failed pre-trainings fail too; returns the jobs of those already
-        submitted (held by their dependency on Slurm) for the caller to cancel."""
+        """Runs whose parent failed fail too (transitively, as the loop is called again);
+        returns the jobs of those already submitted (held by their dependency on Slurm) for the
+        caller to cancel."""
         held = []
         for key in [*self.waiting, *self.running]:
             dep = self.depends_on(key)
             if dep in self.failed:
-                self.failed[key] = f"not run: its pre-training {self.specs[dep].name} failed"
+                parent = self.specs[dep]
+                self.failed[key] = f"not run: its {stage_noun(parent.stage)} {parent.name} failed"
                 if key in self.running:
                     held.append(self.running.pop(key))
                 else:

@@ -4,7 +4,9 @@ AdamW (betas 0.9/0.95), lr = blr * batch / 256 set every iteration by warmup + h
 weight decay on matrices only, gradient accumulation (`accum_iter` micro-batches per step), bf16
 autocast on CUDA, DDP across processes. Every `checkpoint_every` epochs the whole state is written
 (`mae.train.checkpoint`), and a run started again continues from it exactly: on the CPU a run
-stopped and resumed ends bit-identical to one that never stopped.
+stopped and resumed ends bit-identical to one that never stopped. A target that learns from the
+data (PCA) or reads a tokenizer (dVAE tokens) is prepared once, before the first step
+(`mae.train.fit_target`), and travels in the checkpoints from then on.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from torch.utils.data import Dataset, DistributedSampler, Subset
 from mae.config import ExperimentConfig, pretrain_key
 from mae.data import make_loader, pretrain_set
 from mae.logger import MetricLogger, NullLogger
-from mae.model import MaskedAutoencoder, build_mae
+from mae.model import MaskedAutoencoder, Target, build_mae
 from mae.paths import RECONSTRUCTION
 from mae.train import visualize
 from mae.train.checkpoint import RECOVERY_TAG, Checkpointer, Progress, capture_rng
+from mae.train.fit_target import fit_target
 from mae.train.optim import build_optimizer, set_lr
 from mae.train.runtime import (
     DistInfo,
@@ -152,13 +155,15 @@ def train_one_epoch(run: Run, loader: torch.utils.data.DataLoader, epoch: int) -
     }
 
 
-def summarise(history: list[dict[str, float]]) -> dict[str, float]:
-    """The numbers a finished (or stopped) run reports, from its per-epoch history."""
+def summarise(history: list[dict[str, float]], target: Target) -> dict[str, float]:
+    """The numbers a finished (or stopped) run reports, from its per-epoch history and its fitted
+    target (e.g. the variance the PCA basis explains)."""
     return {
         "pretrain/loss": history[-1]["loss"],
         "pretrain/wall_time_s": sum(h["epoch_time_s"] for h in history),
         "pretrain/images_per_s": sum(h["images_per_s"] for h in history) / len(history),
         "pretrain/epochs": float(len(history)),
+        **{f"pretrain/{k}": v for k, v in target.summary().items()},
     }
 
 
@@ -208,11 +213,15 @@ def pretrain(
     workdir: Path,
     logger: MetricLogger | None = None,
     stop_after_epoch: int | None = None,
+    tokenizer_checkpoint: Path | None = None,
 ) -> dict[str, float]:
-    """Pre-train (or resume, or just report) the run of `cfg` in `workdir`; see the module doc."""
+    """Pre-train (or resume, or just report) the run of `cfg` in `workdir`; see the module doc.
+    A dVAE target with the in-project tokenizer reads it from `tokenizer_checkpoint`."""
     info = init_distributed()
     try:
-        return _pretrain(cfg, Path(workdir), logger or NullLogger(), stop_after_epoch, info)
+        return _pretrain(
+            cfg, Path(workdir), logger or NullLogger(), stop_after_epoch, info, tokenizer_checkpoint
+        )
     finally:
         cleanup_distributed(info)
 
@@ -223,8 +232,9 @@ def _pretrain(
     logger: MetricLogger,
     stop_after_epoch: int | None,
     info: DistInfo,
+    tokenizer_checkpoint: Path | None,
 ) -> dict[str, float]:
-    """Build, resume, loop over the epochs, finish."""
+    """Build, resume (or prepare the target), loop over the epochs, finish."""
     epochs, picture = cfg.pretrain.epochs, workdir / RECONSTRUCTION
     checkpointer = Checkpointer(workdir, "pretrain", pretrain_key(cfg), cfg)
     state = checkpointer.load() or Progress()
@@ -237,12 +247,16 @@ def _pretrain(
                 checkpointer.path, picture, cfg.runtime.recon_images
             )
         return state.final
-    if stop_after_epoch is not None and state.epoch >= stop_after_epoch:
-        return summarise(state.history)
 
     run = build_run(cfg, info)
     if state.epoch:
         checkpointer.restore(run.core, run.optimizer, info)
+    else:
+        fitted = fit_target(run.core, cfg, tokenizer_checkpoint)
+        if fitted and info.is_main:
+            logger.log_metrics({f"pretrain/{k}": v for k, v in fitted.items()}, step=0)
+    if stop_after_epoch is not None and state.epoch >= stop_after_epoch:
+        return summarise(state.history, run.core.target)
     for epoch in range(state.epoch, epochs):
         loader = epoch_loader(run, epoch)
         stats = train_one_epoch(run, loader, epoch)
@@ -250,7 +264,7 @@ def _pretrain(
         if info.is_main:
             report_epoch(logger, stats, done, epochs)
         if done == epochs:
-            state.final = summarise(state.history)
+            state.final = summarise(state.history, run.core.target)
         if state.final or done == stop_after_epoch or done % cfg.runtime.checkpoint_every == 0:
             rngs = gather_rng(info)
             if info.is_main:
@@ -259,7 +273,7 @@ def _pretrain(
             break
 
     if state.final is None:
-        return summarise(state.history)
+        return summarise(state.history, run.core.target)
     if info.is_main and cfg.runtime.recon_images and visualize.can_draw(run.core):
         visualize.render_for_config(run.core, cfg, picture, cfg.runtime.recon_images)
         logger.log_artifact(picture)

@@ -3,7 +3,8 @@
 Each row shows one image four ways: original | masked (masked patches grey) | reconstruction |
 reconstruction with the visible patches pasted back. The model's target brings its predictions back
 to pixels (`Target.to_pixels`); everything is then de-normalised with the data set's mean/std and
-drawn, upscaled without smoothing so that patches stay sharp.
+drawn, upscaled without smoothing so that patches stay sharp. A tokenizer's picture has two
+columns: original | decoded from its tokens.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import Tensor
 
 from mae.config import ExperimentConfig, apply_overrides, validate_config
 from mae.data import dataset_info, pretrain_set
-from mae.model import MaskedAutoencoder, build_mae
+from mae.model import MaskedAutoencoder, Tokenizer, build_mae
 from mae.train.checkpoint import load_checkpoint
 
 COLUMNS = ("original", "masked", "recon", "recon+visible")
@@ -33,10 +34,10 @@ def cell_size(side: int) -> int:
     return side * max(1, -(-MIN_CELL // side))
 
 
-def grid_size(n: int, side: int) -> tuple[int, int]:
-    """(width, height) of the PNG for `n` images of `side` pixels."""
+def grid_size(n: int, side: int, columns: int = len(COLUMNS)) -> tuple[int, int]:
+    """(width, height) of the PNG for `n` rows of `columns` images of `side` pixels."""
     cell = cell_size(side)
-    return len(COLUMNS) * cell + (len(COLUMNS) + 1) * GAP, HEADER + n * cell + (n + 1) * GAP
+    return columns * cell + (columns + 1) * GAP, HEADER + n * cell + (n + 1) * GAP
 
 
 def can_draw(model: MaskedAutoencoder) -> bool:
@@ -86,6 +87,24 @@ def _to_pil(x: Tensor, cell: int) -> Image.Image:
     return Image.fromarray(arr, mode="RGB").resize((cell, cell), Image.Resampling.NEAREST)
 
 
+def draw_columns(columns: Sequence[Tensor], titles: Sequence[str], path: Path) -> Path:
+    """A PNG with one titled column per batch of (N, C, H, W) images in [0, 1], row by row."""
+    n, side = columns[0].shape[0], columns[0].shape[-1]
+    cell = cell_size(side)
+    canvas = Image.new("RGB", grid_size(n, side, len(columns)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for col, title in enumerate(titles):
+        draw.text((GAP + col * (cell + GAP) + 2, 1), title, fill="black")
+    for row in range(n):
+        for col, batch in enumerate(columns):
+            xy = (GAP + col * (cell + GAP), HEADER + GAP + row * (cell + GAP))
+            canvas.paste(_to_pil(batch[row], cell), xy)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
 def reconstruction_grid(
     model: MaskedAutoencoder,
     images: Tensor,
@@ -103,21 +122,18 @@ def reconstruction_grid(
     originals = _to_display(images.to(mask.device), mean, std)
     masked = originals * (1 - mask) + MASK_GREY * mask
     columns = [originals, masked, _to_display(recon, mean, std), _to_display(pasted, mean, std)]
+    return draw_columns(columns, COLUMNS, path)
 
-    n, side = images.shape[0], images.shape[-1]
-    cell = cell_size(side)
-    canvas = Image.new("RGB", grid_size(n, side), "white")
-    draw = ImageDraw.Draw(canvas)
-    for col, title in enumerate(COLUMNS):
-        draw.text((GAP + col * (cell + GAP) + 2, 1), title, fill="black")
-    for row in range(n):
-        for col, batch in enumerate(columns):
-            xy = (GAP + col * (cell + GAP), HEADER + GAP + row * (cell + GAP))
-            canvas.paste(_to_pil(batch[row], cell), xy)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
+
+@torch.no_grad()
+def token_grid(tokenizer: Tokenizer, cfg: ExperimentConfig, path: Path, n: int) -> Path:
+    """`n` preview images of `cfg`'s data beside their reconstruction from the tokenizer's
+    tokens (the most likely code of each patch, decoded)."""
+    info = dataset_info(cfg)
+    images = preview_images(cfg, n).to(next(tokenizer.parameters()).device)
+    decoded = tokenizer.decode(tokenizer.logits(images).argmax(dim=1))
+    columns = [_to_display(x.float(), info.mean, info.std) for x in (images, decoded)]
+    return draw_columns(columns, ("original", "from tokens"), path)
 
 
 def preview_images(cfg: ExperimentConfig, n: int) -> Tensor:

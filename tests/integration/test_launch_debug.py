@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 
 from mae import track
@@ -179,11 +180,49 @@ def test_failed_pretraining_fails_its_evaluations_and_retries_only_when_asked(
     assert rows[pretrain.key]["status"] == "FAILED"
 
 
+def test_pretrainings_share_one_tokenizer_run_and_a_rerun_reuses_it(tracking_uri, runs_dir):
+    sets = [*FAST, "target.kind=dvae", "tokenizer.epochs=1"]
+    spec = study("mask_ratio_sweep", {"masking.ratio": [0.75, 0.9]}, ["linprobe"])
+    plan = planned(spec, tracking_uri, sets)
+    tokenizer, *pretrains = [r for r in plan.runs if r.stage in ("tokenizer", "pretrain")]
+    assert tokenizer.stage == "tokenizer" and len(pretrains) == 2
+    assert {r.depends_on for r in pretrains} == {tokenizer.key}
+
+    report = launch(plan, "debug", tracking_uri=tracking_uri, runs_dir=runs_dir)
+    assert report.failed == [] and len(report.finished) == 5
+    rows = tracked(tracking_uri)
+    row = rows[tokenizer.key]
+    assert (row["status"], row["tags.stage"]) == ("FINISHED", "tokenizer")
+    assert row["metrics.final/tokenizer/perplexity"] > 1.0
+    assert {"reconstruction.png", "config.json"} <= artifacts(tracking_uri, row["run_id"])
+    workdir = workdir_for(runs_dir, "micro", "tokenizer", tokenizer.key)
+    assert (workdir / "checkpoint.pt").exists()
+    for run in pretrains:  # tagged with their tokenizer, not nested under it
+        assert rows[run.key]["tags.tokenizer_key"] == tokenizer.key
+        assert pd.isna(rows[run.key].get("tags.mlflow.parentRunId"))
+
+    again = planned(spec, tracking_uri, sets)
+    assert {r.status for r in again.runs} == {"finished"}
+    assert launch(again, "debug", tracking_uri=tracking_uri, runs_dir=runs_dir).launched == []
+    # Another point with the same tokenizer: only its own runs are new.
+    more = planned(
+        study("mask_ratio_sweep", {"masking.ratio": [0.5]}, ["linprobe"]), tracking_uri, sets
+    )
+    assert [(r.stage, r.status) for r in more.runs] == [
+        ("tokenizer", "finished"),
+        ("pretrain", "new"),
+        ("linprobe", "new"),
+    ]
+    assert more.runs[0].key == tokenizer.key
+    later = launch(more, "debug", tracking_uri=tracking_uri, runs_dir=runs_dir)
+    assert later.failed == [] and len(later.launched) == 2
+
+
 @pytest.mark.parametrize("cluster", ["debug", "local"])
 def test_nothing_to_launch_touches_no_store(cluster, tmp_path):
     """A plan with nothing pending returns at once, without creating the store."""
     spec = study("mask_ratio_sweep", {"masking.ratio": [0.75]}, ["linprobe"])
-    plan = plan_study(spec, load_scale("micro"), [*FAST, "target.kind=pca"])
+    plan = plan_study(spec, load_scale("micro"), [*FAST, "decoder.depth=2"])  # none at micro
     assert {r.status for r in plan.runs} == {"unavailable"}
     uri = f"sqlite:///{tmp_path / 'never.db'}"
     report = launch(plan, cluster, tracking_uri=uri, runs_dir=tmp_path / "runs")

@@ -57,3 +57,24 @@ def test_micro_study_regenerates_its_table_from_the_real_runs(finished_study, tm
     for suffix in ("md", "tex", "csv"):
         assert (out / f"table1c.{suffix}").stat().st_size > 0
     assert "Table 1c" in (out / "report.md").read_text()
+
+
+def test_reconstruction_target_fills_every_row_of_table_1d(tracking_uri, runs_dir):
+    """All four targets at micro, the dVAE one through its tokenizer run: Table 1d is complete."""
+    argv = ["reconstruction_target", "--scale", "micro", "--cluster", "debug"]
+    argv += ["--tracking-uri", tracking_uri, "--runs-dir", str(runs_dir)]
+    for item in [*FAST, "tokenizer.epochs=2"]:
+        argv += ["--set", item]
+    assert run_study(argv) == 0
+
+    runs = track.runs_frame(tracking_uri, "micro")
+    finished = runs[runs["status"] == "FINISHED"]
+    assert sorted(finished["tags.stage"]).count("tokenizer") == 1
+    (table,) = build_tables(tracking_uri, "micro", only=["table1d"])
+    assert table.missing == []
+    for row in ("pixel (w/o norm)", "pixel (w/ norm)", "PCA", "dVAE token"):
+        assert table.cell(row, "ft").n == 1 and table.cell(row, "lin").n == 1
+    pca = finished[
+        (finished["tags.stage"] == "pretrain") & (finished["params.target.kind"] == "pca")
+    ]
+    assert 0.5 < float(pca["metrics.final/pretrain/pca_explained_variance"].iloc[0]) < 1.0

@@ -8,22 +8,25 @@ import pickle
 import pytest
 import submitit
 
-from mae.jobs import StageJob, label_params, run_stage
+from mae.jobs import StageJob, job_tags, label_params, run_stage
 from mae.logger import NullLogger
 from mae.schema import load_yaml
 from mae.sweep.launch import job_spec
 from mae.sweep.plan import Plan, plan_study
 from mae.sweep.scale import load_scale
-from mae.sweep.spec import parse_study, studies_dir
+from mae.sweep.spec import StudySpec, parse_study, studies_dir
 
 
-def micro_plan() -> Plan:
+def micro_plan_spec() -> StudySpec:
     """mask_ratio_sweep at 75% and 90% with a linear probe each."""
     raw = load_yaml(studies_dir() / "mask_ratio_sweep.yaml")
     raw["sweep"] = {"masking.ratio": [0.75, 0.9]}
     raw["evaluations"] = ["linprobe"]
-    spec = parse_study(raw, "studies/mask_ratio_sweep.yaml", "mask_ratio_sweep")
-    return plan_study(spec, load_scale("micro"))
+    return parse_study(raw, "studies/mask_ratio_sweep.yaml", "mask_ratio_sweep")
+
+
+def micro_plan() -> Plan:
+    return plan_study(micro_plan_spec(), load_scale("micro"))
 
 
 def test_job_spec_and_job_pickle_and_requeue_themselves(tmp_path):
@@ -40,6 +43,27 @@ def test_job_spec_and_job_pickle_and_requeue_themselves(tmp_path):
     resubmission = job.checkpoint(spec)  # what submitit calls on timeout or preemption
     assert resubmission.function is job and resubmission.args == (spec,)
     assert label_params(lin.labels)["label.masking.ratio"] == "0.75"
+
+
+def test_a_dvae_pretraining_finds_its_tokenizer_by_the_tokenizers_workdir(tmp_path):
+    plan = plan_study(micro_plan_spec(), load_scale("micro"), ["target.kind=dvae"])
+    tokenizer, pre75, pre90, lin75, _ = plan.runs
+    assert (tokenizer.stage, pre75.depends_on, pre90.depends_on) == (
+        "tokenizer",
+        *[tokenizer.key] * 2,
+    )
+    tok_spec = job_spec(tokenizer, tmp_path, "sqlite:///x.db", "1")
+    assert tok_spec.workdir == str(tmp_path / "micro" / "tokenizer" / tokenizer.key[:16])
+    assert tok_spec.depends_on is None and tok_spec.tokenizer_checkpoint is None
+    spec = job_spec(pre75, tmp_path, "sqlite:///x.db", "1")
+    assert spec.tokenizer_checkpoint == tmp_path / "micro" / "tokenizer" / tokenizer.key[:16] / (
+        "checkpoint.pt"
+    )
+    assert spec.pretrain_checkpoint is None
+    assert job_tags(spec, None)["tokenizer_key"] == tokenizer.key
+    evaluation = job_spec(lin75, tmp_path, "sqlite:///x.db", "1")
+    assert job_tags(evaluation, None)["pretrain_key"] == pre75.key
+    assert evaluation.tokenizer_checkpoint is None
 
 
 def test_evaluation_refuses_a_missing_pretraining_checkpoint(tmp_path):

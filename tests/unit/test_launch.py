@@ -48,7 +48,12 @@ def test_shipped_profiles_validate():
         ("job_dir: x\nstages: {eval: {nodes: 1}}\n", "stages.eval", "'pretrain'"),
         ("job_dir: x\nsetup: module load cuda\n", "setup", "valid list"),
         ("job_dir: [x\n", "line 2", "YAML syntax error"),
-        ("job_dir: x\ngpus_per_node: 4\n", "stages.finetune", "evaluations run as one process"),
+        ("job_dir: x\ngpus_per_node: 4\n", "stages.tokenizer", "tokenizer runs as one process"),
+        (
+            "job_dir: x\ngpus_per_node: 4\nstages: {tokenizer: {gpus_per_node: 1}}\n",
+            "stages.finetune",
+            "finetune runs as one process",
+        ),
     ],
 )
 def test_bad_profiles_fail_in_one_line_naming_file_and_key(tmp_path, text, key, allowed):

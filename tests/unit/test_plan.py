@@ -1,4 +1,5 @@
-"""Planning: expansion, content-key dedupe across studies, paper labels, statuses from MLflow."""
+"""Planning: expansion, content-key dedupe across studies, paper labels, statuses from MLflow, and
+the tokenizer stage that dVAE-target pre-trainings wait for."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from mae import track
-from mae.config import TABLE_AXES, UNAVAILABLE_TARGETS
+from mae.config import TABLE_AXES, run_key, validate_config
 from mae.schema import ConfigError
 from mae.sweep.launch import select_runs
 from mae.sweep.plan import Plan, mark_shared, plan_study, with_status
@@ -34,15 +35,23 @@ def test_every_study_plans(name: str, scale: str) -> None:
     assert len(set(keys)) == len(keys)
     assert len({r.name for r in p.runs}) == len(p.runs)
     pretrains = {r.key for r in p.runs if r.stage == "pretrain"}
+    tokenizers = {r.key for r in p.runs if r.stage == "tokenizer"}
     stages = [r.stage for r in p.runs]
-    assert stages == sorted(stages, key=lambda s: s != "pretrain")  # pre-trainings first
+    order = {"tokenizer": 0, "pretrain": 1}
+    assert stages == sorted(stages, key=lambda s: order.get(s, 2))  # what others wait for first
     for run in p.runs:
-        assert set(TABLE_AXES) <= set(run.labels)
         assert all(isinstance(v, str) for v in run.labels.values())
         assert (run.study, run.scale) == (name, scale)
         assert run.name.startswith(f"{name}/")
         assert run.name.endswith(f"/{run.stage}") or run.name.split("/")[-2] == "partial"
-        if run.stage == "pretrain" or run.stage == "scratch":
+        if run.stage == "tokenizer":
+            assert set(run.labels) == {"data.augmentation"} and run.depends_on is None
+            continue
+        assert set(TABLE_AXES) <= set(run.labels)
+        if run.stage == "pretrain":
+            assert run.depends_on in tokenizers | {None}
+            assert (run.depends_on is not None) == (run.config.target.kind == "dvae")
+        elif run.stage == "scratch":
             assert run.depends_on is None
         else:
             assert run.depends_on in pretrains
@@ -94,18 +103,84 @@ def test_labels_are_paper_values_configs_are_scale_values() -> None:
     )
 
 
-def test_unavailable_targets_are_planned_with_a_reason() -> None:
-    p = plan("reconstruction_target", "tiny")
-    for kind in ("pca", "dvae"):
-        runs = [r for r in p.runs if f"kind={kind}/" in r.name]
-        assert [r.stage for r in runs] == ["pretrain", "finetune", "linprobe"]
-        assert all(r.status == "unavailable" for r in runs)
-        assert runs[0].reason == UNAVAILABLE_TARGETS[kind]
-        assert all(UNAVAILABLE_TARGETS[kind] in r.reason for r in runs)
-        assert all(r.labels["target.kind"] == kind for r in runs)
-    assert {r.status for r in p.runs if "kind=norm_pixel" in r.name} == {"new"}
-    todo, _ = select_runs(p.runs)
-    assert {r.key for r in todo} == {r.key for r in p.runs if r.status == "new"}
+@pytest.mark.parametrize("scale", ["micro", "tiny"])
+def test_every_reconstruction_target_is_planned_with_the_tokenizer_first(scale: str) -> None:
+    p = plan("reconstruction_target", scale)
+    assert {r.status for r in p.runs} == {"new"}
+    assert [r.stage for r in p.runs][:5] == ["tokenizer", *["pretrain"] * 4]
+    tokenizer = run_named(p, "kind=dvae/tokenizer")
+    dvae = run_named(p, "kind=dvae/seed0/pretrain")
+    assert dvae.depends_on == tokenizer.key == run_key(dvae.config, "tokenizer")
+    assert tokenizer.config.tokenizer.kind == "dvae"
+    for kind in ("pixel", "norm_pixel", "pca"):
+        assert run_named(p, f"kind={kind}/seed0/pretrain").depends_on is None
+    pca = run_named(p, "kind=pca/seed0/pretrain").config
+    assert pca.target.pca_components == 2  # 1/8 of the patch dimension, at least 2
+    for stage in ("finetune", "linprobe"):
+        assert run_named(p, f"kind=dvae/seed0/{stage}").depends_on == dvae.key
+    assert all(
+        r.labels["target.kind"] == r.config.target.kind
+        for r in p.runs
+        if r.labels.get("target.kind")
+    )
+
+
+def test_pretrainings_that_share_a_tokenizer_plan_it_once() -> None:
+    p = plan("mask_ratio_sweep", "micro", seeds=[0, 1], overrides=["target.kind=dvae"])
+    (tokenizer,) = [r for r in p.runs if r.stage == "tokenizer"]
+    pretrains = [r for r in p.runs if r.stage == "pretrain"]
+    assert len(pretrains) == 20 and {r.depends_on for r in pretrains} == {tokenizer.key}
+    assert p.runs[0] is tokenizer and tokenizer.name == "mask_ratio_sweep/ratio=0.1/tokenizer"
+    other = plan("mask_ratio_sweep", "micro", overrides=["target.kind=dvae", "tokenizer.epochs=3"])
+    assert run_named(other, "ratio=0.1/tokenizer").key != tokenizer.key
+    pixel = plan("mask_ratio_sweep", "micro")
+    assert not [r for r in pixel.runs if r.stage == "tokenizer"]
+
+
+def test_tokenizer_settings_change_only_the_keys_that_read_them(micro) -> None:
+    def keys(**changes):
+        cfg = micro(**changes)
+        return run_key(cfg, "pretrain"), run_key(cfg, "finetune"), run_key(cfg, "tokenizer")
+
+    pixel = keys()
+    # A scale's PCA width, vocabulary and tokenizer leave every other kind's keys alone.
+    for change in (
+        {"tokenizer.epochs": 3},
+        {"tokenizer.kind": "dalle"},
+        {"target.dvae_vocab": 16},
+        {"target.pca_components": 3},
+    ):
+        assert keys(**change)[:2] == pixel[:2], change
+    dvae = keys(**{"target.kind": "dvae"})
+    assert keys(**{"target.kind": "dvae", "tokenizer.epochs": 3})[0] != dvae[0]
+    assert keys(**{"target.kind": "dvae", "target.dvae_vocab": 16})[2] != dvae[2]
+    assert keys(**{"target.kind": "dvae", "data.augmentation": "none"})[2] != dvae[2]
+    # The tokenizer reads the data and its own settings, not the MAE's.
+    assert keys(**{"target.kind": "dvae", "masking.ratio": 0.5})[2] == dvae[2]
+    assert keys(**{"target.kind": "dvae", "pretrain.epochs": 3})[2] == dvae[2]
+    pca = keys(**{"target.kind": "pca"})
+    assert keys(**{"target.kind": "pca", "target.pca_components": 3})[0] != pca[0]
+
+
+def test_pca_width_is_checked_against_the_patch(micro) -> None:
+    with pytest.raises(ConfigError) as err:
+        micro(**{"target.kind": "pca", "target.pca_components": 5})
+    assert err.value.key == "target.pca_components" and "patch dimension 4" in err.value.allowed
+    assert micro(**{"target.pca_components": 96}).target.kind == "pixel"  # unread: not checked
+
+
+def test_the_dalle_tokenizer_needs_a_local_weights_file(tmp_path) -> None:
+    sets = ["data.root=/data/imagenet", "tokenizer.weights=" + str(tmp_path / "encoder.pkl")]
+    with pytest.raises(ConfigError) as err:
+        plan("reconstruction_target", "paper", overrides=sets)
+    assert err.value.key == "tokenizer.weights" and "--set tokenizer.weights=" in err.value.allowed
+    (tmp_path / "encoder.pkl").write_bytes(b"weights")
+    p = plan("reconstruction_target", "paper", overrides=sets)
+    dvae = run_named(p, "kind=dvae/seed0/pretrain")
+    assert dvae.depends_on is None and not [r for r in p.runs if r.stage == "tokenizer"]
+    assert dvae.config.tokenizer.kind == "dalle"
+    cfg = validate_config(dvae.config.model_dump())
+    assert run_key(cfg, "pretrain") == dvae.key
 
 
 def test_labels_without_counterpart_at_a_scale_are_unavailable() -> None:

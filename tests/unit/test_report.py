@@ -265,11 +265,13 @@ def test_table2_wall_clock_and_speedup(tables):
     assert t.cell("w/o [M], 1", "ft").mean == 75.0  # the same runs as Table 1a's 1-block row
 
 
-def test_unavailable_targets_and_approximate_values_in_footnotes(tables):
+def test_missing_rows_and_approximate_values_in_footnotes(tables):
     notes = tables["table1d"].footnotes()
-    assert notes[0].startswith("— no finished run yet for pixel (w/ norm): run `python studies")
-    assert any(n.startswith("— PCA: not yet available (the PCA-coefficient") for n in notes)
-    assert any(n.startswith("— dVAE token: not yet available") for n in notes)
+    assert notes[0] == (
+        "— no finished run yet for pixel (w/ norm), PCA, dVAE token: run "
+        "`python studies/run.py reconstruction_target --scale tiny`."
+    )
+    assert notes[-1].startswith("PCA: the largest target.pca_components coefficients")
     assert any("approximate" in n and "Fig. 5 ft" in n for n in tables["fig5"].footnotes())
     assert not any("approximate" in n for n in tables["table1a"].footnotes())
 

@@ -1,26 +1,28 @@
-"""Reconstruction targets: the official formulas, the masked/all reductions, unavailable kinds."""
+"""Reconstruction targets: the official formulas, the masked/all reductions, the PCA basis and
+the dVAE tokens (one per patch, in `patchify`'s order)."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from sklearn.decomposition import PCA
 
-from mae.config import UNAVAILABLE_TARGETS, TargetConfig
-from mae.model import MaskedAutoencoder
+from mae.config import TargetConfig
+from mae.model import build_mae
+from mae.model.patches import patchify
 from mae.model.targets import (
-    LossOn,
     NormPixelTarget,
+    PCATarget,
     PixelTarget,
-    RegressionTarget,
-    Target,
-    TargetUnavailable,
+    TokenTarget,
     build_target,
     reduce_patches,
 )
+from mae.model.tokenizer import DiscreteVAE
 
 
 def test_norm_pixel_matches_the_formula_by_hand() -> None:
@@ -82,92 +84,116 @@ def test_reduce_rejects_unknown_mode() -> None:
 def test_build_target_kinds_and_width() -> None:
     pixel = build_target(TargetConfig(kind="pixel"), patch_size=4, channels=3)
     norm = build_target(TargetConfig(kind="norm_pixel"), patch_size=2, channels=1)
+    pca = build_target(TargetConfig(kind="pca", pca_components=5), patch_size=4, channels=1)
+    tokens = build_target(
+        TargetConfig(kind="dvae"), patch_size=4, channels=1, tokenizer=DiscreteVAE(1, 4, 32, 8)
+    )
     assert isinstance(pixel, PixelTarget) and pixel.out_dim == 48
     assert isinstance(norm, NormPixelTarget) and norm.out_dim == 4
+    assert isinstance(pca, PCATarget) and pca.out_dim == 5 and pca.needs_fit and pca.invertible
+    assert isinstance(tokens, TokenTarget) and tokens.out_dim == 32 and not tokens.needs_fit
     assert not pixel.needs_fit and not list(pixel.state_dict())
+    with pytest.raises(ValueError, match="needs a tokenizer"):
+        build_target(TargetConfig(kind="dvae"), patch_size=4, channels=1)
 
 
-@pytest.mark.parametrize("kind", sorted(UNAVAILABLE_TARGETS))
-def test_unavailable_kinds_raise_with_their_reason(kind: str) -> None:
-    with pytest.raises(TargetUnavailable) as info:
-        build_target(TargetConfig(kind=kind), patch_size=4, channels=1)
-    assert str(info.value) == UNAVAILABLE_TARGETS[kind]
-    assert isinstance(info.value, NotImplementedError)
+# ----------------------------------------------------------------------------- PCA
 
 
-# ----------------------------------------------------------------------------- drop-in kinds
-# PCA and dVAE targets arrive later; these stand-ins show they need no change to mae.py.
+def _correlated_patches(n: int, dim: int, seed: int = 0) -> torch.Tensor:
+    """Patches whose variance falls off across directions, like image patches do."""
+    g = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(dim, dim, generator=g) * torch.logspace(0, -2, dim).unsqueeze(1)
+    return torch.randn(n, dim, generator=g) @ mixing + torch.randn(dim, generator=g)
 
 
-class TokenTarget(Target):
-    """dVAE-like: a fixed 'tokenizer' maps each patch to one of `vocab` ids; loss = CE."""
-
-    def __init__(self, patch_dim: int, vocab: int):
-        super().__init__()
-        self.out_dim = vocab
-        self.tokenizer = nn.Linear(patch_dim, vocab)
-        nn.init.constant_(self.tokenizer.weight, 0.5)
-
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        return self.tokenizer(patches).argmax(-1)
-
-    def loss(
-        self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, loss_on: LossOn
-    ) -> torch.Tensor:
-        per_patch = F.cross_entropy(pred.flatten(0, 1), target.flatten(), reduction="none")
-        return reduce_patches(per_patch.view_as(mask), mask, loss_on)
-
-
-class PCATarget(RegressionTarget):
-    """PCA-like: `fit` learns a mean and the top-k basis, kept as buffers (so in checkpoints)."""
-
-    needs_fit = True
-
-    def __init__(self, patch_dim: int, k: int):
-        super().__init__()
-        self.out_dim = k
-        self.register_buffer("mean", torch.zeros(patch_dim))
-        self.register_buffer("basis", torch.zeros(patch_dim, k))
-
-    def fit(self, patches: torch.Tensor) -> None:
-        self.mean.copy_(patches.mean(0))
-        _, _, v = torch.linalg.svd(patches - self.mean, full_matrices=False)
-        self.basis.copy_(v[: self.out_dim].T)
-
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        return (patches - self.mean) @ self.basis
-
-
-def _tiny_mae(target: Target) -> MaskedAutoencoder:
-    return MaskedAutoencoder(
-        img_size=8,
-        patch_size=2,
-        in_chans=1,
-        embed_dim=32,
-        depth=1,
-        num_heads=2,
-        decoder_embed_dim=16,
-        decoder_depth=1,
-        decoder_num_heads=2,
-        target=target,
+def test_pca_basis_is_orthonormal_and_explains_what_scikit_learn_says() -> None:
+    patches = _correlated_patches(2000, 16)
+    target = PCATarget(16, k=4)
+    target.fit(patches)
+    basis = target.basis.double()
+    torch.testing.assert_close(
+        basis.T @ basis, torch.eye(4, dtype=torch.float64), atol=1e-6, rtol=0
     )
+    reference = PCA(n_components=4).fit(patches.double().numpy())
+    assert float(target.explained) == pytest.approx(
+        reference.explained_variance_ratio_.sum(), rel=1e-6
+    )
+    # the same directions as scikit-learn's components, up to sign
+    overlap = np.abs(reference.components_ @ basis.numpy())
+    np.testing.assert_allclose(overlap, np.eye(4), atol=1e-5)
+    torch.testing.assert_close(target.mean.double(), patches.double().mean(0), atol=1e-5, rtol=0)
+    assert target.summary() == {"pca_explained_variance": pytest.approx(float(target.explained))}
+    chunked = PCATarget(16, k=4)
+    chunked.fit(patches, chunk=128)  # the sums over a large sample run in chunks
+    torch.testing.assert_close(chunked.basis, target.basis, atol=1e-5, rtol=0)
 
 
-def test_a_cross_entropy_token_target_drops_in() -> None:
-    model = _tiny_mae(TokenTarget(4, vocab=7))
-    assert (model.target.tokenizer.weight == 0.5).all()  # model init leaves target weights
-    out = model(torch.randn(3, 1, 8, 8))
-    assert out.pred.shape == (3, 16, 7) and torch.isfinite(out.loss) and out.loss > 0
-    assert "target.tokenizer.weight" in model.state_dict()
+def test_pca_with_every_component_reconstructs_exactly() -> None:
+    patches = _correlated_patches(500, 12)
+    target = PCATarget(12, k=12)
+    target.fit(patches)
+    assert float(target.explained) == pytest.approx(1.0)
+    coefficients = target(patches.unsqueeze(0))
+    assert coefficients.shape == (1, 500, 12)
+    torch.testing.assert_close(target.to_pixels(coefficients, patches), patches.unsqueeze(0))
 
 
-def test_a_fitted_pca_target_drops_in() -> None:
-    target = PCATarget(4, k=2)
-    model = _tiny_mae(target)
-    images = torch.randn(16, 1, 8, 8)
-    if target.needs_fit:
-        target.fit(model.patchify(images).flatten(0, 1))
-    assert torch.allclose(target.basis.T @ target.basis, torch.eye(2), atol=1e-5)
-    out = model(images)
-    assert out.pred.shape == (16, 16, 2) and torch.isfinite(out.loss)
-    assert torch.equal(model.state_dict()["target.basis"], target.basis)
+def test_pca_keeps_the_largest_components_and_refuses_to_run_unfitted() -> None:
+    target = PCATarget(16, k=3)
+    with pytest.raises(RuntimeError, match="before fit"):
+        target(torch.zeros(1, 2, 16))
+    patches = _correlated_patches(1000, 16)
+    target.fit(patches)
+    variances = target(patches).var(dim=0)
+    assert (variances[:-1] >= variances[1:]).all()  # largest first
+    with pytest.raises(ValueError, match="1 to 16"):
+        PCATarget(16, k=17)
+    state = target.state_dict()
+    assert set(state) == {"mean", "basis", "explained", "fitted"}
+
+
+# ----------------------------------------------------------------------------- dVAE tokens
+
+
+def test_tokens_are_one_in_range_integer_per_patch_in_patchify_order() -> None:
+    torch.manual_seed(0)
+    tokenizer = DiscreteVAE(channels=1, patch_size=4, vocab=32, hidden=8)
+    target = TokenTarget(tokenizer, patch_size=4, channels=1)
+    images = torch.randn(3, 1, 12, 12)  # a 3x3 grid of 4x4 patches
+    tokens = target(patchify(images, 4))
+    assert tokens.shape == (3, 9) and tokens.dtype == torch.int64
+    assert tokens.min() >= 0 and tokens.max() < 32
+    assert torch.equal(tokens, tokenizer.logits(images).argmax(1).flatten(1))
+    # The encoder reads each patch and a one-pixel halo: changing the inside of patch (row 1,
+    # col 2) changes the logits of token 1 * 3 + 2 and of no other.
+    changed = images.clone()
+    changed[:, :, 5:7, 9:11] += 5.0
+    moved = (tokenizer.logits(changed) - tokenizer.logits(images)).abs().amax(dim=(0, 1))
+    assert moved.flatten().nonzero().flatten().tolist() == [5]
+
+
+def test_token_target_loss_is_cross_entropy_over_the_masked_patches() -> None:
+    target = TokenTarget(DiscreteVAE(1, 2, 16, 8), patch_size=2, channels=1)
+    g = torch.Generator().manual_seed(1)
+    pred = torch.randn(2, 4, 16, generator=g)
+    tokens = torch.randint(0, 16, (2, 4), generator=g)
+    mask = torch.tensor([[1.0, 0, 1, 0], [0, 0, 1, 1]])
+    per_patch = F.cross_entropy(pred.flatten(0, 1), tokens.flatten(), reduction="none")
+    want = per_patch[mask.flatten().bool()].mean()
+    torch.testing.assert_close(target.loss(pred, tokens, mask, "masked"), want)
+    torch.testing.assert_close(target.loss(pred, tokens, mask, "all"), per_patch.mean())
+
+
+def test_a_dvae_target_mae_predicts_logits_and_keeps_its_tokenizer_frozen(micro) -> None:
+    model = build_mae(micro(**{"target.kind": "dvae"}))
+    vocab = model.target.out_dim
+    out = model(torch.randn(4, 1, 8, 8))
+    assert out.pred.shape == (4, 16, vocab) and torch.isfinite(out.loss)
+    out.loss.backward()
+    tokenizer = model.target.tokenizer
+    assert all(p.grad is None and not p.requires_grad for p in tokenizer.parameters())
+    assert "target.tokenizer.codebook" in model.state_dict()
+    assert model.target.invertible  # the in-project dVAE decodes tokens for pictures
+    pixels = model.target.to_pixels(out.pred, model.patchify(torch.zeros(4, 1, 8, 8)))
+    assert pixels.shape == (4, 16, 4)

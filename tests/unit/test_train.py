@@ -16,7 +16,9 @@ from support import RecordingLogger
 from mae.config import pretrain_key
 from mae.data import make_loader, pretrain_set
 from mae.model import build_mae
+from mae.model.targets import PCATarget
 from mae.train.checkpoint import load_checkpoint
+from mae.train.fit_target import PCA_FIT_IMAGES
 from mae.train.optim import build_optimizer
 from mae.train.pretrain import Run, per_rank_batch, pretrain, train_one_epoch
 from mae.train.runtime import (
@@ -136,6 +138,40 @@ def test_a_damaged_checkpoint_resumes_from_the_previous_one_and_says_so(micro, t
     assert "previous checkpoint (epoch 1)" in logger.tags["checkpoint_recovered"]
     assert [step for step, _ in logger.metrics] == [2, 3]  # epoch 2 trained again, exactly
     assert resumed["pretrain/loss"] == full["pretrain/loss"]
+
+
+def test_pca_basis_is_fitted_once_and_a_resumed_run_keeps_it_bit_for_bit(
+    micro, tmp_path, monkeypatch
+):
+    cfg = micro(FAST, **{"target.kind": "pca", "runtime.checkpoint_every": 5})
+    fitted: list[int] = []
+    original = PCATarget.fit
+
+    def counting_fit(self, patches):
+        fitted.append(patches.shape[0])
+        original(self, patches)
+
+    monkeypatch.setattr(PCATarget, "fit", counting_fit)
+    logger = RecordingLogger()
+    pretrain(cfg, tmp_path / "resumed", logger, stop_after_epoch=1)
+    before = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["model"]
+    result = pretrain(cfg, tmp_path / "resumed", logger)
+    after = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["model"]
+
+    images = min(len(pretrain_set(cfg)), PCA_FIT_IMAGES)
+    assert fitted == [images * cfg.num_patches]  # once, on a bounded sample
+    for name in ("target.mean", "target.basis", "target.explained", "target.fitted"):
+        assert torch.equal(before[name], after[name]), name
+    explained = float(after["target.explained"])
+    assert 0.5 < explained < 1.0
+    assert logger.metrics[0] == (0, {"pretrain/pca_explained_variance": explained})
+    assert result["pretrain/pca_explained_variance"] == explained
+
+    straight = pretrain(cfg, tmp_path / "straight")  # the same sample, the same basis
+    basis = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["model"]["target.basis"]
+    assert torch.equal(basis, after["target.basis"]) and straight == result | {
+        k: v for k, v in straight.items() if "time" in k or "per_s" in k
+    }
 
 
 def test_resume_refuses_a_checkpoint_of_another_config(micro, tmp_path):
