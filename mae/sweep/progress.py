@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import submitit
 
 from mae.config import EVAL_STAGES
-from mae.jobs import JobSpec, read_progress
+from mae.jobs import JobSpec, Worker, read_progress
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class Progress:
     """The launch's bookkeeping: which runs wait, run, finished or failed (by key), how often a
     job that died was started again, and how long the jobs of each stage take (for an ETA)."""
 
-    specs: dict[str, JobSpec]
+    specs: dict[str, JobSpec | Worker]
     waiting: list[str]
     running: dict[str, submitit.Job[Any]] = field(default_factory=dict)
     done: list[str] = field(default_factory=list)
