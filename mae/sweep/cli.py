@@ -111,7 +111,9 @@ def prepare(args: argparse.Namespace) -> tuple[StudySpec, Scale, Plan]:
     spec = load_study(args.study)
     scale = load_scale(args.scale or spec.scale)
     check_cluster(args.cluster)
-    plan = plan_study(spec, scale, args.overrides, parse_seeds(args.seeds))
+    seeds = parse_seeds(args.seeds)
+    uri = track.resolve_tracking_uri(args.tracking_uri)  # where @search:<name> is read
+    plan = plan_study(spec, scale, args.overrides, seeds, reference_uri=uri)
     return spec, scale, plan
 
 
