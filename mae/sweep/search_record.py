@@ -180,7 +180,7 @@ def _failed_run(
             "protocol": sp.protocol,
             "optuna_study": sp.study_name,
             "trial_number": trial.number,
-            "error": "its worker ended before the trial started",
+            "error": "its worker ended before the trial's run was opened",
         },
         parent_run_id=parent,
     )

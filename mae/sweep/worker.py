@@ -85,6 +85,14 @@ def retried_from(study: optuna.Study, trial: optuna.Trial) -> int | None:
     return mine.system_attrs.get("failed_trial") if mine is not None else None
 
 
+def _worker_id() -> str:
+    """Where a trial runs: the Slurm array task (`<array>_<task>`), the job, or host:pid."""
+    env = os.environ
+    if "SLURM_ARRAY_JOB_ID" in env:
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '0')}"
+    return env.get("SLURM_JOB_ID") or f"{socket.gethostname()}:{os.getpid()}"
+
+
 @dataclass
 class SearchWorker:
     """Everything a worker needs, picklable. The first five fields are what the launcher reads
@@ -214,7 +222,7 @@ class SearchWorker:
             "optuna_study": self.study_name,
             "trial_number": str(trial.number),
             "trial_state": "RUNNING",
-            "worker": os.environ.get("SLURM_JOB_ID") or f"{socket.gethostname()}:{os.getpid()}",
+            "worker": _worker_id(),
         }
         if origin is not None:
             tags["retry_of"] = str(origin)
