@@ -151,15 +151,15 @@ def plan_search(
 ) -> SearchPlan:
     """Validate the search at `scale` (ConfigError on any problem) without writing anything."""
     _check_set(spec, overrides)
+    uri = track.resolve_tracking_uri(tracking_uri)
     try:
-        plan = plan_study(as_study(spec), scale, overrides)
+        plan = plan_study(as_study(spec), scale, overrides, reference_uri=uri)
     except ConfigError as exc:
         raise _rekey(exc, spec) from None
     pretrain, default = plan.runs
     if default.status == "unavailable":
         raise ConfigError(spec.source, "pretraining", spec.pretraining, default.reason or "")
     _check_space(spec, default.config)
-    uri = track.resolve_tracking_uri(tracking_uri)
     recipe = getattr(default.config, spec.protocol).model_dump(mode="json")
     identity = {
         "pretrain_key": pretrain.key,
@@ -191,7 +191,9 @@ def plan_search(
 
 def best_run(sp: SearchPlan, params: dict[str, Any]) -> PlannedRun:
     """The evaluation run of the best parameters: an ordinary run with a content key."""
-    plan = plan_study(as_study(sp.spec, params), sp.scale, sp.overrides)
+    plan = plan_study(
+        as_study(sp.spec, params), sp.scale, sp.overrides, reference_uri=sp.tracking_uri
+    )
     return replace(plan.runs[1], name=f"{sp.spec.name}/best/{sp.protocol}")
 
 

@@ -122,7 +122,7 @@ class SearchWorker:
     pretrain_key: str
     pretrain_checkpoint: str
     trials_dir: str
-    _current: tuple[optuna.Study, int, str] | None = field(default=None, repr=False)
+    _current: tuple[int, str] | None = field(default=None, repr=False)  # trial number, run id
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_current": None}
@@ -161,12 +161,17 @@ class SearchWorker:
 
     def interrupted(self) -> None:
         """Timeout or preemption: fail the running trial and enqueue its retry, which resumes
-        the trial's checkpoint (heartbeats would do the same, later, and only on RDB)."""
+        the trial's checkpoint (heartbeats would do the same, later, and only on RDB). This runs
+        in submitit's signal handler, perhaps in the middle of a storage call of the trial: it
+        opens a storage (and database session) of its own."""
         current, self._current = self._current, None
         if current is None:
             return
-        study, number, run_id = current
-        fail_and_retry(study, number, self.heartbeat)
+        number, run_id = current
+        storage = build_storage(self.storage_url, self.heartbeat)
+        fail_and_retry(
+            optuna.load_study(study_name=self.study_name, storage=storage), number, self.heartbeat
+        )
         track.set_tags(self.tracking_uri, run_id, {"trial_state": "FAIL", "interrupted": "true"})
         track.finish_run(self.tracking_uri, run_id, "FAILED")
 
@@ -184,7 +189,7 @@ class SearchWorker:
         Path(self.workdir).mkdir(parents=True, exist_ok=True)
         logger = ProgressFile(track.MlflowLogger(self.tracking_uri, run_id), Path(self.workdir))
         reporter = TrialReporter(logger, trial, self.metric, getattr(cfg, self.stage).epochs)
-        self._current = (study, trial.number, run_id)
+        self._current = (trial.number, run_id)
         try:
             value = self._evaluate(cfg, workdir, reporter)
         except optuna.TrialPruned:

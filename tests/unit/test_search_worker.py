@@ -20,7 +20,13 @@ from mae.sweep.scale import load_scale
 from mae.sweep.search import plan_search
 from mae.sweep.search_files import best_params_path, write_best_params
 from mae.sweep.search_spec import Choices, Range, grid_values, parse_search
-from mae.sweep.search_study import distributions, shown_url, storage_url, suggest
+from mae.sweep.search_study import (
+    build_storage,
+    distributions,
+    shown_url,
+    storage_url,
+    suggest,
+)
 from mae.sweep.spec import load_study, parse_study
 from mae.sweep.worker import SearchWorker
 
@@ -163,12 +169,13 @@ def test_a_pruned_trial_is_killed_and_tagged_pruned(tracking_uri, tmp_path, pret
 
 def test_an_interrupted_trial_fails_and_comes_back_as_a_retry(tracking_uri, tmp_path) -> None:
     worker = make_worker(tracking_uri, tmp_path, Path("unused"))
-    study = optuna.create_study(direction="maximize")
+    storage = build_storage(worker.storage_url, worker.heartbeat)
+    study = optuna.create_study(storage=storage, study_name=worker.study_name, direction="maximize")
     trial = study.ask()
     trial.suggest_float("blr", 1e-4, 1e-2, log=True)
     trial.report(50.0, 1)
     run_id = worker._open_run(trial, worker_config(worker), {"blr": 1e-3}, None)
-    worker._current = (study, trial.number, run_id)
+    worker._current = (trial.number, run_id)
 
     delayed = WorkerJob().checkpoint(worker)  # what submitit calls on timeout or preemption
 
