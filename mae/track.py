@@ -330,11 +330,6 @@ def open_run(
     return run_id
 
 
-def set_tags(uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
-    """Tags change where params cannot: a search's best parameters, a trial's state."""
-    _client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
-
 def run_metrics(uri: str, run_id: str) -> dict[str, float]:
     """The latest value of every metric of one run."""
     return dict(_client(uri).get_run(run_id).data.metrics)

@@ -25,6 +25,7 @@ import optuna
 
 from mae import track
 from mae.config import ExperimentConfig, apply_overrides, validate_config
+from mae.jobs import END_REASON
 from mae.paths import CHECKPOINT
 from mae.paths import runs_dir as default_runs_dir
 from mae.schema import ConfigError
@@ -90,7 +91,7 @@ class SearchPlan:
     def max_epochs(self) -> int:
         param = self.spec.space.get("epochs")
         if param is None:
-            return getattr(self.base, self.protocol).epochs
+            return int(getattr(self.base, self.protocol).epochs)
         values = param.choices if isinstance(param, Choices) else [param.high]
         return int(max(values))
 
@@ -160,6 +161,12 @@ def plan_search(
     if default.status == "unavailable":
         raise ConfigError(spec.source, "pretraining", spec.pretraining, default.reason or "")
     _check_space(spec, default.config)
+    schedules = getattr(default.config, spec.protocol).epochs
+    if isinstance(schedules, list) and "epochs" not in spec.space:  # partial: best of several
+        allowed = f"a trial trains one schedule; search them: epochs: {{choices: {schedules}}}"
+        key = f"{spec.protocol}.epochs"
+        where = f"overrides.{key}" if key in spec.overrides else f"{key} (the scale's recipe)"
+        raise ConfigError(spec.source, where, schedules, allowed)
     recipe = getattr(default.config, spec.protocol).model_dump(mode="json")
     identity = {
         "pretrain_key": pretrain.key,
@@ -208,11 +215,13 @@ class Launcher:
     max_parallel: int | None = None
     runs_dir: Path | None = None
     profile: SlurmProfile | None = None
+    max_restarts: int = 3  # local jobs (and workers) that died are started again
+    leave_running: bool = False  # Ctrl-C: leave Slurm jobs running instead of cancelling them
 
     def plan(self, sp: SearchPlan, runs: list[PlannedRun], experiment_id: str) -> LaunchReport:
         unique = list({run.key: run for run in runs}.values())
         plan = Plan(sp.spec.name, sp.scale.name, unique, sp.tracking_uri, experiment_id)
-        return launch(
+        report = launch(
             with_status(plan),
             cluster=self.cluster,
             max_parallel=self.max_parallel,
@@ -220,7 +229,34 @@ class Launcher:
             experiment_id=experiment_id,
             runs_dir=self.runs_dir,
             profile=self.profile,
+            max_restarts=self.max_restarts,
+            leave_running=self.leave_running,
         )
+        return launched(report)
+
+    def workers(self, sp: SearchPlan, jobs: dict[str, SearchWorker]) -> LaunchReport:
+        report = run_jobs(
+            dict(jobs),
+            sp.spec.name,
+            self.cluster,
+            len(jobs),
+            self.runs_dir,
+            self.profile,
+            max_restarts=self.max_restarts,
+            leave_running=self.leave_running,
+        )
+        return launched(report)
+
+
+class Interrupted(Exception):
+    """Ctrl-C reached a launch: its jobs were cancelled (their trials handed back) or left
+    running. Running the command again continues the search."""
+
+
+def launched(report: LaunchReport) -> LaunchReport:
+    if report.interrupted:
+        raise Interrupted(", ".join(report.interrupted))
+    return report
 
 
 def open_study(sp: SearchPlan) -> optuna.Study:
@@ -321,7 +357,7 @@ def run_trials(
             )
         count = min(how.max_parallel or sp.spec.workers, missing)
         jobs = workers(sp, count, len(study.trials), experiment_id, parent, runs)
-        report = run_jobs(jobs, sp.spec.name, how.cluster, count, how.runs_dir, how.profile)
+        report = how.workers(sp, jobs)
         if report.failed:
             return "; ".join(f"{name}: {error}" for name, error in report.failed)
         if trial_counts(study)["COMPLETE"] + trial_counts(study)["PRUNED"] == finished:
@@ -348,6 +384,25 @@ def run_search(sp: SearchPlan, how: Launcher, retry_failed: bool = False) -> Sea
         return SearchOutcome(problem=f"pre-training failed: {pre.failed[0][1]}", launches=[pre])
     study = open_study(sp)
     parent = open_parent(sp, experiment_id)
+    try:
+        return _trials_and_tests(sp, how, study, experiment_id, parent, retry_failed, pre)
+    except (Interrupted, KeyboardInterrupt):
+        reconcile(sp, study, experiment_id, parent)
+        reason = "interrupted (Ctrl-C): run the search again to continue"
+        track.MlflowLogger(sp.tracking_uri, parent).set_tags({END_REASON: reason})
+        track.finish_run(sp.tracking_uri, parent, "KILLED")
+        raise
+
+
+def _trials_and_tests(
+    sp: SearchPlan,
+    how: Launcher,
+    study: optuna.Study,
+    experiment_id: str,
+    parent: str,
+    retry_failed: bool,
+    pre: LaunchReport,
+) -> SearchOutcome:
     if retry_failed and (released := release_orphans(study, sp)):
         log.info("%d RUNNING trial(s) failed and re-enqueued (--retry-failed)", released)
     problem = run_trials(sp, study, how, experiment_id, parent)
@@ -355,7 +410,7 @@ def run_search(sp: SearchPlan, how: Launcher, retry_failed: bool = False) -> Sea
     if problem is None and not trial_counts(study)["COMPLETE"]:
         problem = "no trial completed (all pruned or failed): widen the space or the pruner"
     if problem is not None:
-        track.set_tags(sp.tracking_uri, parent, {"problem": problem})
+        track.MlflowLogger(sp.tracking_uri, parent).set_tags({END_REASON: problem})
         track.finish_run(sp.tracking_uri, parent, "FAILED")
         return SearchOutcome(problem=problem, parent_run_id=parent, launches=[pre])
     best = best_run(sp, study.best_trial.params)

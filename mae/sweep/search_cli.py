@@ -17,7 +17,7 @@ from mae.schema import ConfigError
 from mae.sweep.plan import Plan, with_status
 from mae.sweep.profile import IN_PROCESS, load_profile, render_sbatch, slurm_parameters
 from mae.sweep.scale import load_scale
-from mae.sweep.search import Launcher, SearchPlan, plan_search, run_search
+from mae.sweep.search import Interrupted, Launcher, SearchPlan, plan_search, run_search
 from mae.sweep.search_spec import SearchSpec, load_search
 from mae.sweep.search_study import (
     dashboard_target,
@@ -30,7 +30,7 @@ from mae.sweep.search_study import (
     trial_counts,
 )
 
-EXIT_OK, EXIT_FAILED = 0, 1
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130  # as for a study (mae.sweep.cli)
 
 
 def prepare(args: argparse.Namespace) -> SearchPlan:
@@ -160,8 +160,18 @@ def main(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(describe(sp, args.cluster, args.max_parallel))
         return EXIT_OK
-    how = Launcher(args.cluster, args.max_parallel, args.runs_dir)
-    outcome = run_search(sp, how, args.retry_failed)
+    how = Launcher(
+        args.cluster,
+        args.max_parallel,
+        args.runs_dir,
+        max_restarts=args.max_restarts,
+        leave_running=args.leave_running,
+    )
+    try:
+        outcome = run_search(sp, how, args.retry_failed)
+    except (Interrupted, KeyboardInterrupt):
+        print(f"{sp.spec.name}: interrupted; run the search again to continue it")
+        return EXIT_INTERRUPTED
     record = outcome.record
     if record is not None:
         tests = record["test_top1"]

@@ -135,7 +135,7 @@ def save_outcome(sp: SearchPlan, parent_run_id: str, record: dict[str, Any]) -> 
     tags = {f"best.{k}": v for k, v in record["params"].items()}
     tags["best_trial"] = record["best_trial"]
     tags.update({f"{k}_eval_run": v for k, v in record["eval_runs"].items() if v})
-    track.set_tags(sp.tracking_uri, parent_run_id, tags)
+    track.MlflowLogger(sp.tracking_uri, parent_run_id).set_tags(tags)
     logger.log_text(yaml.safe_dump(record, sort_keys=False), "best_params.yaml")
     return str(path)
 
@@ -156,7 +156,7 @@ def reconcile(sp: SearchPlan, study: optuna.Study, experiment_id: str, parent: s
             run_id = record.run_id
         else:
             run_id = _failed_run(sp, trial, experiment_id, parent)
-        track.set_tags(sp.tracking_uri, run_id, {"trial_state": "FAIL"})
+        track.MlflowLogger(sp.tracking_uri, run_id).set_tags({"trial_state": "FAIL"})
         track.finish_run(sp.tracking_uri, run_id, "FAILED")
         changed += 1
     return changed

@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 
 from mae import track
 from mae.config import apply_overrides, flatten_config, validate_config
-from mae.jobs import ProgressFile
+from mae.jobs import END_REASON, JobInterrupted, ProgressFile, one_line
 from mae.logger import MetricLogger
 from mae.sweep.search_spec import Choices, Heartbeat, Pruner, Range, Sampler
 from mae.sweep.search_study import (
@@ -75,6 +75,9 @@ class TrialReporter:
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.inner.log_artifact(path, artifact_path)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.inner.set_tags(tags)
 
 
 def retried_from(study: optuna.Study, trial: optuna.Trial) -> int | None:
@@ -172,7 +175,10 @@ class SearchWorker:
         fail_and_retry(
             optuna.load_study(study_name=self.study_name, storage=storage), number, self.heartbeat
         )
-        track.set_tags(self.tracking_uri, run_id, {"trial_state": "FAIL", "interrupted": "true"})
+        reason = "interrupted (timeout, preemption or cancel): retried from its checkpoint"
+        track.MlflowLogger(self.tracking_uri, run_id).set_tags(
+            {"trial_state": "FAIL", END_REASON: reason}
+        )
         track.finish_run(self.tracking_uri, run_id, "FAILED")
 
     # ----------------------------------------------------------------------- one trial
@@ -192,14 +198,17 @@ class SearchWorker:
         self._current = (trial.number, run_id)
         try:
             value = self._evaluate(cfg, workdir, reporter)
-        except optuna.TrialPruned:
-            self._close(run_id, "PRUNED", reporter, workdir)
+        except optuna.TrialPruned as exc:
+            self._close(run_id, "PRUNED", reporter, workdir, f"pruned at {exc}")
             raise
         except FloatingPointError as exc:  # a diverging recipe is a bad result, not a crash
-            self._close(run_id, "PRUNED", reporter, workdir, {"diverged": str(exc)})
+            self._close(run_id, "PRUNED", reporter, workdir, f"diverged: {exc}")
             raise optuna.TrialPruned(f"diverged: {exc}") from exc
+        except JobInterrupted:  # cancelled: hand the trial back before the job ends
+            self.interrupted()
+            raise
         except (Exception, KeyboardInterrupt) as exc:
-            self._close(run_id, "FAIL", reporter, None, {"error": f"{type(exc).__name__}: {exc}"})
+            self._close(run_id, "FAIL", reporter, None, one_line(exc))
             raise
         finally:
             self._current = None
@@ -248,18 +257,18 @@ class SearchWorker:
         state: str,
         reporter: TrialReporter,
         workdir: Path | None,
-        extra: Mapping[str, str] | None = None,
+        reason: str | None = None,
     ) -> None:
-        """Record the trial's end in its run; a finished trial's checkpoint is not needed again
-        (the best parameters are evaluated by a run of their own), a failed one's is kept for
-        its retry."""
-        tags = {"trial_state": state, **(extra or {})}
+        """Record the trial's end in its run (and why, for a pruned or failed one); a finished
+        trial's checkpoint is not needed again (the best parameters are evaluated by a run of
+        their own), a failed one's is kept for its retry."""
+        tags = {"trial_state": state, **({END_REASON: reason} if reason else {})}
         if reporter.last is not None:
             step, value = reporter.last
             logger = track.MlflowLogger(self.tracking_uri, run_id)
             logger.log_final({self.metric: value, "epochs_run": step})
             tags["last_epoch"] = str(step)
-        track.set_tags(self.tracking_uri, run_id, tags)
+        track.MlflowLogger(self.tracking_uri, run_id).set_tags(tags)
         track.finish_run(self.tracking_uri, run_id, STATUS[state])
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -13,7 +13,7 @@ import submitit
 import yaml
 
 from mae import track
-from mae.jobs import WorkerJob, job_for
+from mae.jobs import JobInterrupted, WorkerJob, job_for
 from mae.schema import ConfigError
 from mae.sweep.plan import plan_study
 from mae.sweep.scale import load_scale
@@ -219,3 +219,21 @@ def test_best_parameters_feed_other_studies(tracking_uri, tmp_path) -> None:
         plan_study(load_study("demo"), scale, ["finetune=@search:nope"], reference_uri=tracking_uri)
     with pytest.raises(ConfigError, match="evaluation section"):
         plan_study(load_study("demo"), scale, ["data=@search:unit_search"], reference_uri=uri)
+
+
+def test_a_cancelled_worker_hands_its_trial_back(tracking_uri, tmp_path, monkeypatch) -> None:
+    """SIGTERM (scancel, the local queue's Ctrl-C) raises JobInterrupted inside the trial."""
+
+    def cancelled(*args, **kwargs):
+        raise JobInterrupted("received SIGTERM")
+
+    monkeypatch.setattr(SearchWorker, "_evaluate", cancelled)
+    worker = make_worker(tracking_uri, tmp_path, Path("unused"))
+    storage = build_storage(worker.storage_url, worker.heartbeat)
+    study = optuna.create_study(storage=storage, study_name=worker.study_name, direction="maximize")
+    with pytest.raises(JobInterrupted):
+        study.optimize(lambda trial: worker.objective(study, trial), n_trials=1)
+    failed, retry = study.trials
+    assert failed.state.name == "FAIL" and retry.state.name == "WAITING"
+    run = the_run(tracking_uri, 0)
+    assert run.info.status == "FAILED" and "interrupted" in run.data.tags["end_reason"]
