@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns.db
 
-.PHONY: demo test test-fast lint format ui data bench bench-e2e clean
+.PHONY: demo test test-fast lint format ui search-ui data bench bench-e2e clean
 
 # The virtual environment: rebuilt only when pyproject.toml changes (the directory is the stamp).
 $(VENV): pyproject.toml
@@ -39,6 +39,11 @@ format: $(VENV)
 
 ui: $(VENV)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --artifacts-destination $(CURDIR)/mlartifacts --host 127.0.0.1 --port $${PORT:-5000}
+
+# optuna-dashboard on a search's Optuna storage (SEARCH=<name>, default finetune_search; its
+# file's `storage`, by default optuna.db beside the MLflow store).
+search-ui: $(VENV)
+	$(VENV)/bin/optuna-dashboard "$$($(PY) -m mae.sweep.search_cli $${SEARCH:-finetune_search})" --host 127.0.0.1 --port $${PORT:-8080}
 
 # Every benchmark but the end-to-end one (report in benchmarks/out/report.md); `make bench-e2e`
 # times make demo and the tiny mask_ratio_sweep in a fresh store (tens of minutes).

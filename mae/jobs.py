@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import submitit
 import yaml
@@ -292,3 +292,43 @@ class StageJob(submitit.helpers.Checkpointable):
         if picture.exists():
             logger.log_artifact(picture)
         logger.log_text(f"{(workdir / CHECKPOINT).resolve()}\n", "checkpoint.txt")
+
+
+class Worker(Protocol):
+    """A long-lived job the launcher runs beside stage jobs, e.g. an Optuna search worker
+    (`mae.sweep.worker.SearchWorker`). The launcher reads the fields a `JobSpec` has."""
+
+    name: str
+    stage: str  # whose resources it takes (the evaluation protocol a search tunes)
+    workdir: str  # where it writes `progress.json`
+    config: dict[str, Any]
+    depends_on: str | None
+
+    def __call__(self) -> Any: ...
+
+    def interrupted(self) -> None:
+        """Hand back unfinished work: before a requeue (timeout, preemption) or when cancelled
+        (`JobInterrupted` reaches the worker's loop)."""
+
+
+class WorkerJob(submitit.helpers.Checkpointable):
+    """Runs a `Worker`. On timeout or preemption the worker hands back its unfinished work (a
+    search fails and re-enqueues its running trial) and the same worker is requeued; SIGTERM
+    (a cancel) raises `JobInterrupted` in the worker, as in a stage job."""
+
+    def __call__(self, worker: Worker) -> Any:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        if _job_environment() is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _interrupt)  # submitit's own handler ignores it
+        return worker()
+
+    def checkpoint(self, worker: Worker) -> submitit.helpers.DelayedSubmission:
+        worker.interrupted()
+        return super().checkpoint(worker)
+
+
+def job_for(spec: JobSpec | Worker) -> StageJob | WorkerJob:
+    """The submitit callable that runs `spec`."""
+    return StageJob() if isinstance(spec, JobSpec) else WorkerJob()

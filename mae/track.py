@@ -330,6 +330,11 @@ def open_run(
     return run_id
 
 
+def run_metrics(uri: str, run_id: str) -> dict[str, float]:
+    """The latest value of every metric of one run."""
+    return dict(_client(uri).get_run(run_id).data.metrics)
+
+
 def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     if status not in TERMINAL_STATUSES:
         raise ValueError(f"status must be one of {', '.join(TERMINAL_STATUSES)}, got {status!r}")

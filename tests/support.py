@@ -10,6 +10,27 @@ import torch
 
 from mae.model import MaskedAutoencoder
 
+# A micro search for the local and Slurm tests: a linear probe, whose epochs take a second at
+# micro and whose accuracy moves with the learning rate (more so at batch 32: more steps per
+# epoch), so that the median pruner, from the second trial on, has trials to stop.
+MICRO_SEARCH = """
+name: micro_search
+kind: search
+scale: micro
+protocol: linprobe
+pretraining: {pretrain.epochs: 100}   # 2 epochs at micro
+overrides: {linprobe.batch_size: 32}
+space:
+  blr: {low: 0.01, high: 100.0, log: true}
+  weight_decay: {low: 0.0, high: 0.001}
+  epochs: {choices: [4, 5]}
+sampler: {kind: tpe, seed: 0, n_startup_trials: 4}
+pruner: {kind: median, n_startup_trials: 1, n_warmup_steps: 0}
+n_trials: 8
+workers: 2
+heartbeat: {interval: 1, grace: 2, max_retry: 3}
+"""
+
 
 @dataclass
 class RecordingLogger:

@@ -25,7 +25,7 @@ from mae.sweep import launch as launcher
 from mae.sweep.plan import Plan, mark_shared, plan_study, with_status
 from mae.sweep.profile import IN_PROCESS, load_profile
 from mae.sweep.scale import Scale, load_scale
-from mae.sweep.spec import StudySpec, available_studies, load_study
+from mae.sweep.spec import StudySpec, available_studies, file_kind, load_study, study_path
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///<project>/mlruns.db)",
     )
     parser.add_argument("--seeds", help="comma-separated seeds replacing the study's, e.g. 0,1,2")
-    parser.add_argument("--retry-failed", action="store_true", help="rerun runs that failed")
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="rerun runs that failed (a search: retry trials left RUNNING by killed workers)",
+    )
     parser.add_argument("--runs-dir", type=Path, help="checkpoints and pictures (default: runs/)")
     parser.add_argument(
         "--max-restarts",
@@ -107,7 +111,9 @@ def prepare(args: argparse.Namespace) -> tuple[StudySpec, Scale, Plan]:
     spec = load_study(args.study)
     scale = load_scale(args.scale or spec.scale)
     check_cluster(args.cluster)
-    plan = plan_study(spec, scale, args.overrides, parse_seeds(args.seeds))
+    seeds = parse_seeds(args.seeds)
+    uri = track.resolve_tracking_uri(args.tracking_uri)  # where @search:<name> is read
+    plan = plan_study(spec, scale, args.overrides, seeds, reference_uri=uri)
     return spec, scale, plan
 
 
@@ -209,6 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        if file_kind(study_path(args.study)) == "search":
+            from mae.sweep import search_cli  # Optuna only for searches
+
+            return search_cli.main(args)
         spec, scale, plan = prepare(args)
         if args.dry_run:
             return dry_run(args, spec, scale, plan)

@@ -26,7 +26,7 @@ from submitit.local.debug import DebugJob
 from submitit.slurm.slurm import SlurmJob
 
 from mae import track
-from mae.jobs import JobSpec, StageJob, close_abandoned, one_line
+from mae.jobs import JobSpec, Worker, close_abandoned, job_for, one_line
 from mae.paths import runs_dir as default_runs_dir
 from mae.sweep.plan import Plan, PlannedRun, stage_noun
 from mae.sweep.profile import (
@@ -168,8 +168,9 @@ def job_outcome(job: submitit.Job[Any]) -> Outcome:
 def _ended(progress: Progress, key: str, outcome: Outcome, restarts: int) -> None:
     """Record a job's end. One that died has its run closed KILLED (resumable) if nobody did,
     and is started again while `restarts` allows (the local queue; Slurm requeues by itself)."""
-    if outcome.died:
-        close_abandoned(progress.specs[key], outcome.error or "died")
+    spec = progress.specs[key]
+    if outcome.died and isinstance(spec, JobSpec):  # a worker's trials: heartbeats, retries
+        close_abandoned(spec, outcome.error or "died")
     again = outcome.died and progress.restarts[key] < restarts
     progress.record(key, outcome.error, restart=again)
 
@@ -190,7 +191,8 @@ def _local_queue(
         progress.fail_dependents()
         for key in progress.ready()[: max(0, max_parallel - len(progress.running))]:
             progress.waiting.remove(key)
-            progress.start(key, executor.submit(StageJob(), progress.specs[key]))
+            spec = progress.specs[key]
+            progress.start(key, executor.submit(job_for(spec), spec))
         summary.show(progress.counts(), progress.epochs(), progress.overview())
         for key, job in list(progress.running.items()):
             # a debug job runs here, inside job_outcome; its done() would open pdb on a failure
@@ -234,7 +236,8 @@ def _submit_arrays(
         executor.update_parameters(**params)
         try:
             with executor.batch():
-                jobs = [executor.submit(StageJob(), progress.specs[k]) for k in keys]
+                specs = [progress.specs[k] for k in keys]
+                jobs = [executor.submit(job_for(spec), spec) for spec in specs]
         except (UncompletedJobError, OSError) as exc:  # sbatch refused (bad partition, account..)
             error = f"sbatch failed: {_one_line(exc)}"
             log.error("%s array not submitted: %s", stage, error)
@@ -287,19 +290,19 @@ def _interrupted(progress: Progress, leave_running: bool) -> list[str]:
     deadline = time.monotonic() + CANCEL_GRACE_S  # each job closes its own run if it can
     while time.monotonic() < deadline and not all(job.done(force_check=True) for job in jobs):
         time.sleep(1.0)
-    for key in progress.running:
-        close_abandoned(progress.specs[key], "cancelled: the launch was interrupted (Ctrl-C)")
+    for spec in map(progress.specs.get, progress.running):
+        if isinstance(spec, JobSpec):  # a worker hands its trial back itself
+            close_abandoned(spec, "cancelled: the launch was interrupted (Ctrl-C)")
     return names
 
 
 # --------------------------------------------------------------------------- entry points
 
 
-def _stamp(runs: Sequence[PlannedRun]) -> str:
+def _stamp(name: str) -> str:
     """A fresh submitit folder per launch: Slurm job ids restart after a controller wipe, and a
     stale result pickle under a reused id would pass for a finished job."""
-    study = runs[0].study if runs else "study"
-    return f"{study}-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}"
+    return f"{name}-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}"
 
 
 def _by_stage(runs: Iterable[PlannedRun]) -> dict[str, list[PlannedRun]]:
@@ -379,24 +382,56 @@ def launch(
     experiment_id = experiment_id or plan.experiment_id or track.init_store(uri, plan.scale)
     root = Path(runs_dir) if runs_dir is not None else default_runs_dir()
     specs = {run.key: job_spec(run, root, uri, experiment_id) for run in todo}
+    if cluster in IN_PROCESS:
+        max_parallel = max_parallel or default_max_parallel(todo)
+    done = run_jobs(
+        specs,
+        plan.study,
+        cluster,
+        max_parallel,
+        root,
+        profile,
+        summary_stream,
+        max_restarts,
+        leave_running,
+    )
+    done.skipped = skipped
+    return done
+
+
+def run_jobs(
+    specs: dict[str, JobSpec | Worker],
+    name: str,
+    cluster: str = "local",
+    max_parallel: int | None = None,
+    runs_dir: Path | None = None,
+    profile: SlurmProfile | None = None,
+    summary_stream: TextIO | None = None,
+    max_restarts: int = 3,
+    leave_running: bool = False,
+) -> LaunchReport:
+    """Submit jobs (stage jobs and workers, by key; evaluations wait for their pre-training when
+    it is among them) and wait for them: a bounded local queue of at most `max_parallel` (1 when
+    unset), this process (`debug`), or one Slurm array per stage (`max_parallel` caps each)."""
+    root = Path(runs_dir) if runs_dir is not None else default_runs_dir()
     progress = Progress(specs=specs, waiting=list(specs))
     summary = Summary(summary_stream)
-    report.launched = [spec.name for spec in specs.values()]
+    report = LaunchReport(launched=[spec.name for spec in specs.values()])
     try:
         if cluster in IN_PROCESS:
-            folder = root / ".submitit" / _stamp(todo) / "%j"
+            folder = root / ".submitit" / _stamp(name) / "%j"
             if cluster == "debug":
                 executor: submitit.Executor = submitit.DebugExecutor(folder)
                 slots = 1
             else:
                 executor = submitit.LocalExecutor(folder)
                 executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN)
-                slots = max_parallel or default_max_parallel(todo)
+                slots = max_parallel or 1
             log.info("launching %d jobs (%s, at most %d at once)", len(specs), cluster, slots)
             _local_queue(executor, progress, slots, summary, max_restarts)
         else:
             profile = profile or load_profile(cluster)
-            folder = profile.folder() / _stamp(todo) / "%j"
+            folder = profile.folder() / _stamp(name) / "%j"
             _submit_arrays(progress, profile, folder, max_parallel)
             _slurm_wait(progress, summary)
     except KeyboardInterrupt:

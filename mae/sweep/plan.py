@@ -40,6 +40,7 @@ from mae.config import (
 from mae.paths import sqlite_path
 from mae.schema import ConfigError
 from mae.sweep.scale import Scale, label_str
+from mae.sweep.search_files import is_reference, read_reference
 from mae.sweep.spec import Evaluation, StudySpec
 
 RunStatus = Literal["new", "finished", "resumable", "failed", "unavailable"]
@@ -151,8 +152,29 @@ def parse_set(overrides: Iterable[str] | Mapping[str, Any] | None) -> dict[str, 
     """`--set` values ('k=v' strings or a mapping) as settings."""
     if not overrides:
         return {}
-    pairs = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
+    pairs = overrides.items() if isinstance(overrides, Mapping) else map(_parse_set_item, overrides)
     return {key: Setting(value, "--set", key) for key, value in pairs}
+
+
+def _parse_set_item(text: str) -> tuple[str, Any]:
+    """'k=v' with v a YAML scalar, except a search reference '@search:<name>' (not YAML)."""
+    key, sep, value = text.partition("=")
+    if sep and is_reference(value.strip()):
+        return key.strip(), value.strip()
+    return parse_override(text)
+
+
+def _expand(layer: Mapping[str, Setting], scale: str, uri: str | None) -> dict[str, Setting]:
+    """`<stage>=@search:<name>` becomes one setting per best parameter of that search."""
+    out: dict[str, Setting] = {}
+    for key, setting in layer.items():
+        if not is_reference(setting.value):
+            out[key] = setting
+            continue
+        where = setting.located()
+        params = read_reference(key, setting.value, scale, uri, setting.source, where)
+        out.update({k: replace(setting, value=v) for k, v in params.items()})
+    return out
 
 
 def _seed_settings(seed: int, index: int, source: str) -> dict[str, Setting]:
@@ -406,14 +428,18 @@ def plan_study(
     seeds: Sequence[int] | None = None,
     tracking_uri: str | None = None,
     experiment_id: str | None = None,
+    reference_uri: str | None = None,
 ) -> Plan:
     """Expand a study at a scale into deduplicated runs; with a store, give each its status.
 
     `overrides` are `--set` values ('key=value' or a mapping) in paper labels, applied last;
-    `seeds` replaces the study's. Raises ConfigError (nothing launched, nothing written) when
+    `seeds` replaces the study's. A value `@search:<name>` for an evaluation section stands for
+    that search's best parameters, read beside the store `reference_uri` (default: the tracking
+    URI, else the default store). Raises ConfigError (nothing launched, nothing written) when
     any expanded config is invalid or two sweep points plan the same runs.
     """
-    set_layer = parse_set(overrides)
+    uri = reference_uri or tracking_uri
+    set_layer = _expand(parse_set(overrides), scale.name, uri)
     swept = {*(spec.sweep or {}), *(k for case in spec.cases or [] for k in case)}
     swept |= {f"{e.stage}.{k}" for e in spec.evaluations for k in e.grid}
     for key, setting in set_layer.items():
@@ -430,6 +456,7 @@ def plan_study(
         key: Setting(value, spec.source, f"overrides.{key}")
         for key, value in spec.overrides.items()
     }
+    overrides_layer = _expand(overrides_layer, scale.name, uri)
     builder = _Builder(spec, scale, _Validator(scale))
     for point in sweep_points(spec):
         for index, seed in enumerate(seed_list):

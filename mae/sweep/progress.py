@@ -16,7 +16,7 @@ from typing import Any, TextIO
 import submitit
 
 from mae.config import EVAL_STAGES
-from mae.jobs import JobSpec, read_progress
+from mae.jobs import JobSpec, Worker, read_progress
 from mae.sweep.plan import stage_noun
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def clock(seconds: float) -> str:
 EPOCH_WEIGHT = {"pretrain": 1.0, "finetune": 2.0, "partial": 2.0, "scratch": 2.0, "linprobe": 0.03}
 
 
-def work(spec: JobSpec) -> float:
+def work(spec: JobSpec | Worker) -> float:
     """Expected cost of one run, for ordering the local queue only (no unit)."""
     epochs = spec.config.get(spec.stage, {}).get("epochs", 1)
     total = sum(epochs) if isinstance(epochs, list) else epochs
@@ -52,7 +52,7 @@ class Progress:
     """The launch's bookkeeping: which runs wait, run, finished or failed (by key), how often a
     job that died was started again, and how long the jobs of each stage take (for an ETA)."""
 
-    specs: dict[str, JobSpec]
+    specs: dict[str, JobSpec | Worker]
     waiting: list[str]
     running: dict[str, submitit.Job[Any]] = field(default_factory=dict)
     done: list[str] = field(default_factory=list)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, StrictInt, field_validator, model_validator
 
@@ -43,6 +43,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 # What each top-level key expects, appended to pydantic's message for wrong types.
 EXPECTED = {
     "name": "a study name: letters, digits, '_', '-', '.'",
+    "kind": "study (the default) or search (an Optuna search, mae.sweep.search_spec)",
     "description": "a string",
     "reproduces": "the paper figure or table, e.g. 'Table 1a'",
     "scale": "a scale name",
@@ -58,8 +59,15 @@ def studies_dir() -> Path:
     return project_root() / "studies"
 
 
-def available_studies() -> list[str]:
-    return sorted(p.stem for p in studies_dir().glob("*.yaml"))
+def file_kind(path: Path) -> str:
+    """A study file's `kind`: `study` (the default) or `search`."""
+    raw = load_yaml(path)
+    return str(raw.get("kind", "study")) if isinstance(raw, Mapping) else "study"
+
+
+def available_studies(kind: str = "study") -> list[str]:
+    """The shipped study files of one kind (`study` or `search`)."""
+    return sorted(p.stem for p in studies_dir().glob("*.yaml") if file_kind(p) == kind)
 
 
 def _duplicates(values: list[Any]) -> tuple[int, int] | None:
@@ -123,6 +131,7 @@ class StudySpec(YamlFile):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=NAME_PATTERN)
+    kind: Literal["study"] = "study"
     description: str = ""
     reproduces: str | None = None
     scale: str = "tiny"
@@ -221,9 +230,13 @@ class StudySpec(YamlFile):
 
 
 def _unknown_study(name: str) -> ConfigError:
-    return ConfigError(
-        name, "<study>", name, "no such study; available: " + ", ".join(available_studies())
-    )
+    available = ", ".join(available_studies() + available_studies("search"))
+    return ConfigError(name, "<study>", name, "no such study; available: " + available)
+
+
+def study_path(name_or_path: str | Path) -> Path:
+    """`studies/<name>.yaml` for a bare name, else the path (a ConfigError when missing)."""
+    return resolve_named(name_or_path, studies_dir(), "study", _unknown_study)
 
 
 def parse_study(raw: Any, source: str, default_name: str) -> StudySpec:
@@ -234,5 +247,5 @@ def parse_study(raw: Any, source: str, default_name: str) -> StudySpec:
 
 def load_study(name_or_path: str | Path) -> StudySpec:
     """Load and validate a study file by name (`studies/<name>.yaml`) or path."""
-    path = resolve_named(name_or_path, studies_dir(), "study", _unknown_study)
+    path = study_path(name_or_path)
     return parse_study(load_yaml(path), str(path), default_name=path.stem)

@@ -81,3 +81,28 @@ def test_files_and_functions_stay_small() -> None:
                 if length > MAX_FUNCTION_LINES:
                     too_long.append(f"{module}.{node.name}: {length} lines")
     assert not too_long, too_long
+
+
+# Libraries that only some rooms may know (DESIGN.md): MLflow behind mae.track, Optuna in the
+# sweep room (searches) and the job callables.
+LIBRARY_ROOMS = {"mlflow": ("mae.track",), "optuna": ("mae.sweep", "mae.jobs")}
+
+
+def _libraries(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    return found & set(LIBRARY_ROOMS)
+
+
+def test_libraries_stay_in_their_rooms() -> None:
+    strays = [
+        f"{module} imports {library}"
+        for module, path in _modules()
+        for library in sorted(_libraries(path))
+        if _room(module) not in LIBRARY_ROOMS[library]
+    ]
+    assert not strays, strays
