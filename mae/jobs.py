@@ -181,9 +181,19 @@ def run_stage(
 
 
 def close_run(spec: JobSpec, run_id: str, status: str, reason: str) -> None:
-    """End a run FAILED or KILLED, saying why in its `end_reason` tag."""
-    track.MlflowLogger(spec.tracking_uri, run_id).set_tags({END_REASON: reason})
-    track.finish_run(spec.tracking_uri, run_id, status)
+    """End a run FAILED or KILLED, saying why in its `end_reason` tag. A store that does not
+    answer leaves the run RUNNING: planning resumes such a run."""
+    try:
+        track.MlflowLogger(spec.tracking_uri, run_id).set_tags({END_REASON: reason})
+        track.finish_run(spec.tracking_uri, run_id, status)
+    except track.TrackingError as exc:
+        log.error("%s: run %s not closed %s: %s", spec.name, run_id, status, exc)
+
+
+def existing_run(spec: JobSpec) -> track.RunRecord | None:
+    """This run in the store, if any. A FINISHED one means Slurm requeued a job that had written
+    its result: every rank reads this, so that all of them skip the stage or none does."""
+    return track.find_runs(spec.tracking_uri, spec.experiment_id, [spec.key]).get(spec.key)
 
 
 def close_abandoned(spec: JobSpec, reason: str) -> bool:
@@ -208,6 +218,7 @@ class StageJob(submitit.helpers.Checkpointable):
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
         env = _job_environment()
+        track.be_patient()  # a store that goes away mid-run is waited for, for a bounded time
         if env is not None and env.num_tasks > 1:
             # one task per GPU: RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* for mae.train's DDP init; every
             # rank keeps all GPUs visible and picks cuda:LOCAL_RANK
@@ -219,7 +230,9 @@ class StageJob(submitit.helpers.Checkpointable):
         cfg = validate_config(spec.config, source=spec.name)
         workdir = Path(spec.workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        if env is not None and env.global_rank != 0:  # only rank 0 talks to MLflow
+        if env is not None and env.global_rank != 0:  # only rank 0 writes to MLflow
+            if (done := existing_run(spec)) is not None and done.status == "FINISHED":
+                return {}
             return run_stage(spec, cfg, workdir, NullLogger())
         with exclusive(workdir, spec.name):
             return self._tracked(spec, cfg, workdir, env)
@@ -232,9 +245,8 @@ class StageJob(submitit.helpers.Checkpointable):
         env: submitit.JobEnvironment | None,
     ) -> dict[str, float]:
         """Run the stage inside its MLflow run: FINISHED with its final numbers, or FAILED."""
-        existing = track.find_runs(spec.tracking_uri, spec.experiment_id, [spec.key]).get(spec.key)
+        existing = existing_run(spec)
         if existing is not None and existing.status == "FINISHED":
-            # e.g. Slurm requeued the job after it had written its result
             log.info("%s: run %s already finished, nothing to do", spec.name, existing.run_id)
             return {}
         run_id = self._open_run(spec, cfg, env, existing.run_id if existing else None)
@@ -243,6 +255,8 @@ class StageJob(submitit.helpers.Checkpointable):
             results = run_stage(spec, cfg, workdir, ProgressFile(logger, workdir))
             logger.log_final(results)
             self._log_outputs(workdir, logger)
+        except track.TrackingError:  # the store is gone: the run stays RUNNING, resumable
+            raise
         except (JobInterrupted, KeyboardInterrupt) as exc:  # resumable: its checkpoint is kept
             close_run(spec, run_id, "KILLED", f"interrupted ({one_line(exc)})")
             raise

@@ -1,13 +1,19 @@
 """Shared test setup: one CPU thread, no progress bars, a throw-away MLflow store and runs folder,
-the micro config every test builds on, and the `slurm` marker (skip with a hint when no cluster
-answers, fail when CI requires one)."""
+the micro config every test builds on, the `slurm` marker (skip with a hint when no cluster
+answers, fail when CI requires one) and the lab's tracking set-up (PostgreSQL + mlflow server,
+started by slurm/tracking-server/start.sh; skipped with a hint, or failed when CI requires it)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
-from collections.abc import Callable, Mapping
+import sys
+import tempfile
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +102,96 @@ def micro() -> Callable[..., ExperimentConfig]:
         return validate_config(tree, source="micro")
 
     return make
+
+
+# --------------------------------------------------------------------------- the lab's tracking
+
+TRACKING_SCRIPTS = Path(__file__).resolve().parents[1] / "slurm" / "tracking-server"
+# Either variable makes a tracking set-up that cannot start fail the tests instead of skipping
+# them: .ci/run sets both.
+REQUIRE_TRACKING = ("MAE_REQUIRE_POSTGRES", "MAE_REQUIRE_SLURM")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=5):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class TrackingLab:
+    """What slurm/tracking-server/start.sh started: the server's URI, the PostgreSQL it stores in
+    (`database(name)` is a SQLAlchemy URL with the password, for direct checks) and its state."""
+
+    state: Path
+    uri: str
+    postgres: str  # postgresql://mae:<password>@127.0.0.1:<port>
+
+    @property
+    def backend(self) -> str:
+        return self.database("mlflow")
+
+    def database(self, name: str) -> str:
+        return f"{self.postgres}/{name}"
+
+
+def read_lab(state: Path) -> TrackingLab:
+    """The set-up described by `state/env.sh` (written by start.sh)."""
+    exports = dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in (state / "env.sh").read_text().splitlines()
+        if line.startswith("export ")
+    )
+    password = (state / "db-password").read_text().strip()
+    port = exports["MAE_POSTGRES"].rsplit(":", 1)[1]
+    postgres = f"postgresql://mae:{password}@127.0.0.1:{port}"
+    return TrackingLab(state, exports.get("MLFLOW_TRACKING_URI", ""), postgres)
+
+
+def tracking_unavailable(why: str) -> None:
+    message = f"no tracking set-up ({why}); slurm/tracking-server/start.sh starts one"
+    if any(os.environ.get(name) == "1" for name in REQUIRE_TRACKING):
+        pytest.fail(f"{'/'.join(REQUIRE_TRACKING)}=1 but {message}", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def tracking_lab() -> Iterator[TrackingLab]:
+    """The one .ci/run started (MAE_TRACKING_STATE), else one started here by the same script in
+    a temporary state folder on free ports, and stopped (its data removed) at the end."""
+    given = os.environ.get("MAE_TRACKING_STATE")
+    if given and (Path(given) / "env.sh").exists():
+        lab = read_lab(Path(given))
+        if answers(lab.uri):
+            yield lab
+            return
+    state = Path(tempfile.mkdtemp(prefix="mae-pg-", dir="/tmp"))  # short: a unix socket lives here
+    env = {
+        **os.environ,
+        "MAE_TRACKING_STATE": str(state),
+        "PG_PORT": str(free_port()),
+        "MLFLOW_PORT": str(free_port()),
+        "MLFLOW_WORKERS": "2",
+        "PYTHON": sys.executable,
+        "WAIT_S": "600",  # a loaded 2-core machine imports mlflow slowly
+    }
+    started = subprocess.run(
+        [str(TRACKING_SCRIPTS / "start.sh")], env=env, capture_output=True, text=True, timeout=1800
+    )
+    try:
+        if started.returncode != 0:
+            tracking_unavailable(f"start.sh failed: {(started.stdout + started.stderr)[-1500:]}")
+        yield read_lab(state)
+    finally:
+        subprocess.run(
+            [str(TRACKING_SCRIPTS / "stop.sh")], env=env, capture_output=True, timeout=120
+        )
+        shutil.rmtree(state, ignore_errors=True)

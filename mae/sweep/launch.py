@@ -32,6 +32,7 @@ from mae.sweep.plan import Plan, PlannedRun, stage_noun
 from mae.sweep.profile import (
     IN_PROCESS,
     SlurmProfile,
+    check_batches,
     load_profile,
     render_sbatch,
     slurm_parameters,
@@ -335,6 +336,7 @@ def describe(
             f"{order}evaluations after their pre-training"
         )
     profile = profile or load_profile(cluster)
+    check_batches(profile, [(run.stage, run.config) for run in todo])
     folder = profile.folder(strict=False) / "<launch>" / "%j"
     launched = {run.key for run in todo}
     out = [f"slurm profile {cluster!r}: one array per stage, job folder {folder}"]
@@ -378,6 +380,9 @@ def launch(
     report = LaunchReport(skipped=skipped)
     if not todo:
         return report
+    if cluster not in IN_PROCESS:  # bad input fails before anything is submitted
+        profile = profile or load_profile(cluster)
+        check_batches(profile, [(run.stage, run.config) for run in todo])
     uri = track.resolve_tracking_uri(tracking_uri or plan.tracking_uri)
     experiment_id = experiment_id or plan.experiment_id or track.init_store(uri, plan.scale)
     root = Path(runs_dir) if runs_dir is not None else default_runs_dir()

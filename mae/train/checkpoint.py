@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from mae.config import ExperimentConfig, canonical_json
@@ -171,6 +172,17 @@ def capture_rng() -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def gather_rng(info: DistInfo) -> list[dict[str, Any]]:
+    """Every rank's RNG state in rank order (a collective: call it on every rank), so that each
+    rank of a resumed run continues its own streams."""
+    state = capture_rng()
+    if info.world_size == 1:
+        return [state]
+    states: list[Any] = [None] * info.world_size
+    dist.all_gather_object(states, state)
+    return states
 
 
 def restore_rng(state: dict[str, Any]) -> None:

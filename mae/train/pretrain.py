@@ -17,13 +17,12 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Dataset, DistributedSampler, Subset
+from torch.utils.data import Dataset
 
 from mae.config import ExperimentConfig, pretrain_key
 from mae.data import make_loader, pretrain_set
@@ -31,13 +30,12 @@ from mae.logger import MetricLogger, NullLogger
 from mae.model import MaskedAutoencoder, Target, build_mae
 from mae.paths import RECONSTRUCTION
 from mae.train import visualize
-from mae.train.checkpoint import RECOVERY_TAG, Checkpointer, Progress, capture_rng
+from mae.train.checkpoint import RECOVERY_TAG, Checkpointer, Progress, gather_rng
 from mae.train.fit_target import fit_target
 from mae.train.optim import build_optimizer, set_lr
 from mae.train.runtime import (
     DistInfo,
     autocast,
-    cleanup_distributed,
     compiled,
     init_distributed,
     prepare,
@@ -83,20 +81,23 @@ def per_rank_batch(cfg: ExperimentConfig, world_size: int) -> int:
 
 def epoch_loader(run: Run, epoch: int) -> torch.utils.data.DataLoader:
     """This process's batches for `epoch`: a pure function of (seed, epoch, rank), so a resumed
-    run replays them. Under DDP each rank takes its DistributedSampler shard of the order."""
-    cfg, info, dataset = run.cfg, run.dist, run.dataset
-    seed, workers = cfg.pretrain.seed, cfg.runtime.num_workers
-    if info.world_size == 1:
-        loader = make_loader(dataset, run.batch, True, seed, epoch, workers, drop_last=True)
-    else:
-        sampler = DistributedSampler(
-            dataset, info.world_size, info.rank, shuffle=True, seed=seed, drop_last=True
-        )
-        sampler.set_epoch(epoch)
-        shard = Subset(dataset, list(sampler))
-        loader = make_loader(shard, run.batch, False, seed, epoch, workers, drop_last=True)
+    run replays them. Under DDP each rank loads its share of every global batch, and the global
+    batches are those one process would load."""
+    cfg, info = run.cfg, run.dist
+    loader = make_loader(
+        run.dataset,
+        run.batch,
+        shuffle=True,
+        seed=cfg.pretrain.seed,
+        epoch=epoch,
+        num_workers=cfg.runtime.num_workers,
+        drop_last=True,
+        rank=info.rank,
+        world_size=info.world_size,
+    )
     if len(loader) == 0:
-        raise ValueError(f"{len(dataset)} images make no full batch of {run.batch} per process")
+        glob = run.batch * info.world_size
+        raise ValueError(f"{len(run.dataset)} images make no full global batch of {glob}")
     return loader
 
 
@@ -167,16 +168,6 @@ def summarise(history: list[dict[str, float]], target: Target) -> dict[str, floa
     }
 
 
-def gather_rng(info: DistInfo) -> list[dict[str, Any]]:
-    """Every rank's RNG state (rank order), so each rank resumes its own streams."""
-    state = capture_rng()
-    if info.world_size == 1:
-        return [state]
-    states: list[Any] = [None] * info.world_size
-    dist.all_gather_object(states, state)
-    return states
-
-
 def build_run(cfg: ExperimentConfig, info: DistInfo) -> Run:
     """Model, optimizer and data of a pre-training, seeded per rank."""
     pcfg = cfg.pretrain
@@ -218,12 +209,9 @@ def pretrain(
     """Pre-train (or resume, or just report) the run of `cfg` in `workdir`; see the module doc.
     A dVAE target with the in-project tokenizer reads it from `tokenizer_checkpoint`."""
     info = init_distributed()
-    try:
-        return _pretrain(
-            cfg, Path(workdir), logger or NullLogger(), stop_after_epoch, info, tokenizer_checkpoint
-        )
-    finally:
-        cleanup_distributed(info)
+    return _pretrain(
+        cfg, Path(workdir), logger or NullLogger(), stop_after_epoch, info, tokenizer_checkpoint
+    )
 
 
 def _pretrain(

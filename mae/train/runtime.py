@@ -5,6 +5,7 @@ None of this changes results on the CPU, which is why `cfg.runtime` is outside c
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import random
@@ -99,7 +100,6 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    owns_group: bool = False  # whether init_distributed created the process group
 
     @property
     def is_main(self) -> bool:
@@ -108,7 +108,11 @@ class DistInfo:
 
 def init_distributed() -> DistInfo:
     """Join the process group described by RANK/WORLD_SIZE/LOCAL_RANK (torchrun, or submitit's
-    `TorchDistributedEnvironment().export()`); a lone process gets the trivial DistInfo."""
+    `TorchDistributedEnvironment().export()`); a lone process gets the trivial DistInfo.
+
+    The group is made once per process and lives until it exits: the next stage of the same
+    script finds it joined. (A group destroyed and made again in one process would read its
+    predecessor's stale addresses from torchrun's store.)"""
     joined = dist.is_available() and dist.is_initialized()
     if not joined and int(os.environ.get("WORLD_SIZE", 1)) <= 1:
         return DistInfo()
@@ -117,10 +121,20 @@ def init_distributed() -> DistInfo:
         torch.cuda.set_device(local)  # NCCL collectives run on the current device
     if not joined:
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local, owns_group=not joined)
+        atexit.register(dist.destroy_process_group)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local)
 
 
-def cleanup_distributed(info: DistInfo) -> None:
-    """Leave the process group only if `init_distributed` made it."""
-    if info.owns_group and dist.is_initialized():
-        dist.destroy_process_group()
+def current_dist() -> DistInfo:
+    """This process's place in the group it has joined, without joining one (trivial if none)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return DistInfo()
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """`tensor` summed over every rank, in place (as it is in a lone process). Under NCCL it must
+    live on this rank's GPU."""
+    if info.world_size > 1:
+        dist.all_reduce(tensor)
+    return tensor

@@ -13,7 +13,12 @@ from mae.config import RuntimeConfig
 from mae.schema import ConfigError, load_yaml
 from mae.sweep.launch import default_max_parallel, describe, select_runs
 from mae.sweep.plan import Plan, plan_study
-from mae.sweep.profile import available_profiles, load_profile, slurm_parameters
+from mae.sweep.profile import (
+    available_profiles,
+    check_batches,
+    load_profile,
+    slurm_parameters,
+)
 from mae.sweep.scale import load_scale
 from mae.sweep.spec import parse_study, studies_dir
 
@@ -34,7 +39,9 @@ def test_shipped_profiles_validate():
     assert dev.folder().is_relative_to(Path(__file__).resolve().parents[2] / ".submitit")
     example = load_profile("example")
     assert example.resources("pretrain")["gpus_per_node"] == 8
-    assert example.resources("linprobe")["gpus_per_node"] == 1  # the stage override
+    assert example.resources("pretrain")["tasks_per_node"] == 8  # one task per GPU
+    assert example.resources("linprobe")["nodes"] == 4  # the stage override
+    assert example.world_size("pretrain") == 64 and example.world_size("finetune") == 32
 
 
 @pytest.mark.parametrize(
@@ -48,12 +55,13 @@ def test_shipped_profiles_validate():
         ("job_dir: x\nstages: {eval: {nodes: 1}}\n", "stages.eval", "'pretrain'"),
         ("job_dir: x\nsetup: module load cuda\n", "setup", "valid list"),
         ("job_dir: [x\n", "line 2", "YAML syntax error"),
-        ("job_dir: x\ngpus_per_node: 4\n", "stages.tokenizer", "tokenizer runs as one process"),
+        ("job_dir: x\ngpus_per_node: 4\ntasks_per_node: 2\n", "tasks_per_node", "one task per GPU"),
         (
-            "job_dir: x\ngpus_per_node: 4\nstages: {tokenizer: {gpus_per_node: 1}}\n",
-            "stages.finetune",
-            "finetune runs as one process",
+            "job_dir: x\nstages: {linprobe: {gpus_per_node: 2, tasks_per_node: 1}}\n",
+            "stages.linprobe",
+            "one task per GPU",
         ),
+        ("job_dir: x\ntasks_per_node: 0\n", "tasks_per_node", "greater than or equal to 1"),
     ],
 )
 def test_bad_profiles_fail_in_one_line_naming_file_and_key(tmp_path, text, key, allowed):
@@ -99,7 +107,9 @@ def test_dry_run_renders_each_arrays_sbatch_lines_without_slurm(monkeypatch, tmp
     assert "dependency" not in pretrain
     assert "2 held by afterok on their own pre-training task" in finetune
     assert "#SBATCH --dependency='afterok:<pretrain array tasks>'" in finetune
-    assert "#SBATCH --nodes=1" in finetune and "#SBATCH --time=2880" in finetune
+    assert "#SBATCH --nodes=4" in finetune and "#SBATCH --time=2880" in finetune
+    assert "#SBATCH --ntasks-per-node=8" in finetune  # evaluations run DDP too
+    assert "--kill-on-bad-exit=1" in finetune  # a failed rank ends its job
     assert "#SBATCH --array=0-1%1" in describe(micro_plan(), "example", max_parallel=1)
 
 
@@ -151,3 +161,27 @@ def test_slurm_parameters_are_what_submitit_accepts(tmp_path):
         params = slurm_parameters(profile, stage)
         assert set(params) <= valid
         assert params["ntasks_per_node"] == max(1, params.get("gpus_per_node", 0))
+
+
+def test_tasks_on_cpu_nodes_and_global_batches_that_must_split(tmp_path):
+    path = tmp_path / "cpu.yaml"
+    path.write_text("job_dir: x\ntasks_per_node: 2\nstages: {linprobe: {tasks_per_node: 1}}\n")
+    profile = load_profile(path)
+    assert profile.world_size("finetune") == 2 and profile.world_size("linprobe") == 1
+    finetune, linprobe = (
+        slurm_parameters(profile, "finetune"),
+        slurm_parameters(profile, "linprobe"),
+    )
+    assert finetune["ntasks_per_node"] == 2 and finetune["srun_args"] == ["--kill-on-bad-exit=1"]
+    assert linprobe["ntasks_per_node"] == 1 and "srun_args" not in linprobe
+    plan = micro_plan()  # micro: global batches of 128, no Mixup
+    check_batches(profile, [(r.stage, r.config) for r in plan.runs])
+    odd = plan.runs[2].config.model_copy(
+        update={"finetune": plan.runs[2].config.finetune.model_copy(update={"batch_size": 99})}
+    )
+    with pytest.raises(ConfigError, match=r"finetune.batch_size: got 99; .* multiple of 2 on 2"):
+        check_batches(profile, [("finetune", odd)])
+    with pytest.raises(ConfigError, match="finetune.batch_size: got 99"):
+        describe(replace(plan, runs=[replace(plan.runs[2], config=odd)]), "cpu", profile=profile)
+    with pytest.raises(ConfigError, match="stages.tokenizer: got '2 processes'; the tokenizer"):
+        check_batches(profile, [("tokenizer", plan.runs[0].config)])

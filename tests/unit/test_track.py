@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import sqlite3
@@ -254,3 +255,64 @@ def test_runs_frame_sql_path_equals_search_runs(store):
     fast = fast.sort_values("run_id").reset_index(drop=True)
     slow = slow.sort_values("run_id").reset_index(drop=True)[fast.columns]
     pd.testing.assert_frame_equal(fast, slow, check_dtype=False)
+
+
+# --------------------------------------------------------------------------- a store that goes away
+
+
+class Flaky:
+    """A call that fails `times` times with `error`, then answers."""
+
+    def __init__(self, error: Exception, times: int):
+        self.error, self.left, self.calls = error, times, 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        if self.left:
+            self.left -= 1
+            raise self.error
+        return "answered"
+
+
+def test_calls_wait_out_a_store_that_does_not_answer(monkeypatch):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
+
+    from mae.track.patience import _patiently
+
+    clock = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    down = MlflowException("database is locked", TEMPORARILY_UNAVAILABLE)
+    refused = MlflowException("API request to http://h:5000/api failed with exception refused")
+    missing = MlflowException("no such run", RESOURCE_DOES_NOT_EXIST)
+
+    monkeypatch.delenv(track.PATIENCE_ENV, raising=False)  # the CLIs: no waiting
+    with pytest.raises(MlflowException, match="locked"):
+        _patiently("sqlite:///x.db", "log_batch", Flaky(down, 1))
+    monkeypatch.setenv(track.PATIENCE_ENV, "60")
+    for error in (down, refused, ConnectionRefusedError("refused")):
+        flaky = Flaky(error, 4)
+        assert _patiently("http://h:5000", "log_batch", flaky) == "answered"
+        assert flaky.calls == 5
+    flaky = Flaky(missing, 1)  # the caller's mistake: no retry
+    with pytest.raises(MlflowException, match="no such run"):
+        _patiently("http://h:5000", "get_run", flaky)
+    assert flaky.calls == 1
+    clock[0] = 0.0
+    with pytest.raises(track.TrackingError) as info:
+        _patiently("http://h:5000", "log_batch", Flaky(refused, 10**6))
+    assert str(info.value).startswith(
+        "the MLflow tracking store http://h:5000 did not answer for 60 s (log_batch: API request"
+    )
+    assert clock[0] == 60  # bounded: pauses of 1, 2, 4 ... 30 s, cut at the patience
+
+
+def test_jobs_are_patient_unless_told_otherwise(monkeypatch):
+    for name in (track.PATIENCE_ENV, "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    track.be_patient()
+    assert os.environ[track.PATIENCE_ENV] == "900"
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"  # the user's setting stays

@@ -347,7 +347,7 @@ def test_runtime_choices(micro, monkeypatch):
     assert not progress_enabled(None)
     assert progress_enabled(True)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert init_distributed() == DistInfo(0, 1, 0, owns_group=False)
+    assert init_distributed() == DistInfo(0, 1, 0)
 
 
 def test_compile_is_a_runtime_flag_on_cuda_by_default(micro, monkeypatch, tmp_path):

@@ -3,6 +3,10 @@ metric logging, and the query that turns an experiment into a DataFrame for the 
 
 Only `mlflow.MlflowClient(uri)` is used, never the fluent API and its process-global active run, so
 jobs, the planner and the report can talk to several runs and stores from one process.
+
+Every call goes through `mae.track.patience.PatientClient`: in jobs, a store that goes away
+(a server restarted, a database failing over, a busy SQLite file) is waited for, for a bounded
+time, before the call fails with the store's URI.
 """
 
 from __future__ import annotations
@@ -19,13 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
 import sqlalchemy
 from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
 from mae.paths import project_root, sqlite_path
+from mae.track.patience import PATIENCE_ENV as PATIENCE_ENV
+from mae.track.patience import PatientClient, TrackingError
+from mae.track.patience import be_patient as be_patient
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +44,6 @@ PAGE_SIZE = 50_000  # MLflow's largest search_runs page
 _HEALTH_TIMEOUT_S = 5.0
 BASE_COLUMNS = ("run_id", "run_name", "status", "start_time", "end_time", "duration_s")
 SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # stores runs_frame reads with SQL
-
-
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used (bad URI, unreachable server); the message says why."""
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,8 @@ def _check_reachable(uri: str) -> None:
         raise TrackingError(f"cannot reach the MLflow server at {uri}: {reason}") from None
 
 
-def _client(uri: str) -> mlflow.MlflowClient:
-    return mlflow.MlflowClient(tracking_uri=uri)
+def _client(uri: str) -> PatientClient:
+    return PatientClient(uri)
 
 
 @contextmanager
@@ -275,7 +277,7 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def _log_params(client: mlflow.MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
+def _log_params(client: PatientClient, run_id: str, params: Mapping[str, str]) -> None:
     entries = [Param(k, v) for k, v in params.items()]
     for chunk in _chunks(entries, PARAM_BATCH):
         client.log_batch(run_id, params=chunk)
