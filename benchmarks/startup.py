@@ -20,8 +20,9 @@ from pathlib import Path
 
 from benchmarks.common import LoadProbe, Part, median
 from mae import track
-from mae.config import apply_overrides, pretrain_key, validate_config
+from mae.config import pretrain_key, validate_config
 from mae.jobs import JobSpec
+from mae.overrides import apply_overrides
 from mae.sweep.scale import load_scale
 
 CHILD = """

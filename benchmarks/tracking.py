@@ -14,10 +14,11 @@ from pathlib import Path
 
 from benchmarks.common import LoadProbe, Part, median
 from mae import track
-from mae.config import ExperimentConfig, apply_overrides, flatten_config, validate_config
+from mae.config import ExperimentConfig, flatten_config, validate_config
 from mae.data import pretrain_set
 from mae.jobs import ProgressFile
 from mae.logger import MetricLogger, NullLogger
+from mae.overrides import apply_overrides
 from mae.sweep.scale import load_scale
 from mae.train.pretrain import pretrain
 

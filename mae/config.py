@@ -1,4 +1,4 @@
-"""The typed config tree of one MAE experiment, its dotted overrides and its content keys.
+"""The typed config tree of one MAE experiment and its content keys.
 
 Everything that decides a result lives here, validated at the edge: a bad key or value fails with
 the dotted key, the value and what is allowed, before anything runs. Content keys hash only the
@@ -13,7 +13,6 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -23,7 +22,8 @@ from pydantic import (
     model_validator,
 )
 
-from mae.schema import ConfigError, Problem, Schema, schema_error
+from mae.overrides import flatten_dict
+from mae.schema import Problem, Schema, schema_error
 
 Sampler = Literal["random", "block", "grid"]
 TargetKind = Literal["pixel", "norm_pixel", "pca", "dvae"]
@@ -361,57 +361,6 @@ def validate_config(data: Mapping[str, Any], source: str = "<config>") -> Experi
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
         raise schema_error(exc, data, source, ExperimentConfig) from None
-
-
-# --------------------------------------------------------------------------- overrides
-
-
-def parse_value(text: str) -> Any:
-    """`--set` values are YAML scalars: 0.75, true, null, [1, 2], pixel."""
-    return yaml.safe_load(text) if text.strip() else ""
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """'masking.ratio=0.9' -> ('masking.ratio', 0.9)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError("--set", text, text, "expected KEY=VALUE, e.g. masking.ratio=0.9")
-    return key.strip(), parse_value(value)
-
-
-def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    """Set `a.b.c` in a nested dict in place, creating sections as needed."""
-    *parents, leaf = key.split(".")
-    node = tree
-    for part in parents:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError("<overrides>", key, value, f"{part!r} is a value, not a section")
-        node = child
-    node[leaf] = value
-
-
-def apply_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Return a deep copy of `base` with dotted (or nested) overrides applied, later wins."""
-    out = copy.deepcopy(dict(base))
-    for key, value in overrides.items():
-        if isinstance(value, Mapping) and "." not in key:
-            for sub, subval in flatten_dict(value, prefix=key).items():
-                set_dotted(out, sub, subval)
-        else:
-            set_dotted(out, key, value)
-    return out
-
-
-def flatten_dict(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping) and value:
-            out.update(flatten_dict(value, dotted))
-        else:
-            out[dotted] = value
-    return out
 
 
 # --------------------------------------------------------------------------- canonical form, keys

@@ -25,7 +25,8 @@ os.environ.setdefault("CI", "1")  # mae.train.runtime: progress bars off outside
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from mae.config import ExperimentConfig, apply_overrides, validate_config  # noqa: E402
+from mae.config import ExperimentConfig, validate_config  # noqa: E402
+from mae.overrides import apply_overrides
 from mae.sweep.scale import load_scale  # noqa: E402
 
 torch.set_num_threads(1)

@@ -30,13 +30,12 @@ from mae.config import (
     TABLE_AXES,
     ExperimentConfig,
     affects,
-    apply_overrides,
     canonical_json,
-    parse_override,
     run_key,
     uses_tokenizer_stage,
     validate_config,
 )
+from mae.overrides import apply_overrides, parse_override
 from mae.paths import sqlite_path
 from mae.schema import ConfigError
 from mae.sweep.scale import Scale, label_str

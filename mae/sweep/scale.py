@@ -15,7 +15,8 @@ from typing import Any
 
 from pydantic import ConfigDict
 
-from mae.config import flatten_dict, validate_config
+from mae.config import validate_config
+from mae.overrides import flatten_dict
 from mae.paths import project_root
 from mae.schema import ConfigError, YamlFile, load_model, resolve_named
 

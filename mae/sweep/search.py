@@ -24,8 +24,9 @@ from typing import Any
 import optuna
 
 from mae import track
-from mae.config import ExperimentConfig, apply_overrides, validate_config
+from mae.config import ExperimentConfig, validate_config
 from mae.jobs import END_REASON
+from mae.overrides import apply_overrides
 from mae.paths import CHECKPOINT
 from mae.paths import runs_dir as default_runs_dir
 from mae.schema import ConfigError

@@ -12,7 +12,7 @@ import argparse
 
 from tabulate import tabulate
 
-from mae.config import flatten_dict
+from mae.overrides import flatten_dict
 from mae.schema import ConfigError
 from mae.sweep.plan import Plan, with_status
 from mae.sweep.profile import IN_PROCESS, load_profile, render_sbatch, slurm_parameters

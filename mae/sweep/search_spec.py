@@ -40,7 +40,8 @@ from pydantic import (
     model_validator,
 )
 
-from mae.config import ExperimentConfig, affects, flatten_dict
+from mae.config import ExperimentConfig, affects
+from mae.overrides import flatten_dict
 from mae.schema import Problem, Schema, YamlFile, load_yaml, schema_error, validate_model
 from mae.sweep.scale import available_scales
 from mae.sweep.spec import NAME_PATTERN, study_path

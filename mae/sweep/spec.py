@@ -25,7 +25,8 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, StrictInt, field_validator, model_validator
 
-from mae.config import EVAL_STAGES, flatten_dict
+from mae.config import EVAL_STAGES
+from mae.overrides import flatten_dict
 from mae.paths import project_root
 from mae.schema import (
     ConfigError,

@@ -26,9 +26,10 @@ import optuna
 from optuna.trial import TrialState
 
 from mae import track
-from mae.config import apply_overrides, flatten_config, validate_config
+from mae.config import flatten_config, validate_config
 from mae.jobs import END_REASON, JobInterrupted, ProgressFile, one_line
 from mae.logger import MetricLogger
+from mae.overrides import apply_overrides
 from mae.sweep.search_spec import Choices, Heartbeat, Pruner, Range, Sampler
 from mae.sweep.search_study import (
     build_pruner,

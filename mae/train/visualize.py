@@ -17,9 +17,10 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from mae.config import ExperimentConfig, apply_overrides, validate_config
+from mae.config import ExperimentConfig, validate_config
 from mae.data import dataset_info, pretrain_set
 from mae.model import MaskedAutoencoder, Tokenizer, build_mae
+from mae.overrides import apply_overrides
 from mae.train.checkpoint import load_checkpoint
 
 COLUMNS = ("original", "masked", "recon", "recon+visible")

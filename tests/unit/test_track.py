@@ -16,14 +16,9 @@ import pandas as pd
 import pytest
 
 from mae import track
-from mae.config import (
-    TABLE_AXES,
-    ExperimentConfig,
-    apply_overrides,
-    flatten_config,
-    validate_config,
-)
+from mae.config import TABLE_AXES, ExperimentConfig, flatten_config, validate_config
 from mae.logger import MetricLogger
+from mae.overrides import apply_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 
