@@ -22,10 +22,11 @@ from tabulate import tabulate
 from mae import track
 from mae.schema import ConfigError
 from mae.sweep import launch as launcher
-from mae.sweep.plan import Plan, mark_shared, plan_study, with_status
+from mae.sweep.plan import Plan, mark_shared, plan_study
 from mae.sweep.profile import IN_PROCESS, load_profile
 from mae.sweep.scale import Scale, load_scale
 from mae.sweep.spec import StudySpec, available_studies, file_kind, load_study, study_path
+from mae.sweep.status import with_status
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from mae.config import (
     EVAL_STAGES,
@@ -36,22 +36,12 @@ from mae.config import (
     validate_config,
 )
 from mae.overrides import apply_overrides, parse_override
-from mae.paths import sqlite_path
 from mae.schema import ConfigError
 from mae.sweep.scale import Scale, label_str
 from mae.sweep.search_files import is_reference, read_reference
 from mae.sweep.spec import Evaluation, StudySpec
+from mae.sweep.status import RunStatus, with_status
 
-RunStatus = Literal["new", "finished", "resumable", "failed", "unavailable"]
-# MLflow run status -> plan status. Anything not finished or failed was interrupted: resume it
-# (jobs find their checkpoint by content key).
-MLFLOW_STATUS: dict[str, RunStatus] = {
-    "FINISHED": "finished",
-    "FAILED": "failed",
-    "RUNNING": "resumable",
-    "SCHEDULED": "resumable",
-    "KILLED": "resumable",
-}
 ROOT_DATASETS = ("imagefolder",)  # no default location: the user says where it is
 PLAN_ORDER = {"tokenizer": 0, "pretrain": 1}  # then the evaluations, in the order planned
 
@@ -464,41 +454,6 @@ def plan_study(
     runs = sorted(builder.runs.values(), key=lambda r: PLAN_ORDER.get(r.stage, len(PLAN_ORDER)))
     plan = Plan(spec.name, scale.name, runs, tracking_uri, experiment_id)
     return with_status(plan) if tracking_uri else plan
-
-
-def store_exists(uri: str) -> bool:
-    """Planning reads a store but never creates one (opening a SQLite URI creates its file)."""
-    db = sqlite_path(uri)
-    return db is None or db.exists()
-
-
-def with_status(plan: Plan) -> Plan:
-    """Statuses from the tracking store: runs found by content key are finished, resumable or
-    failed, and a run first tracked by another study is shared with it."""
-    from mae import track  # MLflow only when a store is asked for
-
-    uri = plan.tracking_uri
-    if uri is None or not store_exists(uri):
-        return plan
-    experiment_id = plan.experiment_id or track.find_experiment(uri, plan.scale)
-    if experiment_id is None:
-        return plan
-    records = track.find_runs(
-        uri, experiment_id, [r.key for r in plan.runs if r.status != "unavailable"]
-    )
-    runs = []
-    for run in plan.runs:
-        record = records.get(run.key)
-        if record is not None:
-            shared = (record.study,) if record.study and record.study != plan.study else ()
-            run = replace(
-                run,
-                status=MLFLOW_STATUS.get(record.status, "resumable"),
-                run_id=record.run_id,
-                shared_with=tuple(dict.fromkeys((*run.shared_with, *shared))),
-            )
-        runs.append(run)
-    return replace(plan, runs=runs, experiment_id=experiment_id)
 
 
 def mark_shared(plan: Plan, others: Iterable[Plan]) -> Plan:

@@ -31,7 +31,7 @@ from mae.paths import CHECKPOINT
 from mae.paths import runs_dir as default_runs_dir
 from mae.schema import ConfigError
 from mae.sweep.launch import LaunchReport, launch, run_jobs, workdir_for
-from mae.sweep.plan import Plan, PlannedRun, parse_set, plan_study, with_status
+from mae.sweep.plan import Plan, PlannedRun, parse_set, plan_study
 from mae.sweep.profile import SlurmProfile
 from mae.sweep.scale import Scale
 from mae.sweep.search_record import (
@@ -54,6 +54,7 @@ from mae.sweep.search_study import (
     worker_seed,
 )
 from mae.sweep.spec import StudySpec
+from mae.sweep.status import with_status
 from mae.sweep.worker import SearchWorker
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from tabulate import tabulate
 
 from mae.overrides import flatten_dict
 from mae.schema import ConfigError
-from mae.sweep.plan import Plan, with_status
+from mae.sweep.plan import Plan
 from mae.sweep.profile import IN_PROCESS, load_profile, render_sbatch, slurm_parameters
 from mae.sweep.scale import load_scale
 from mae.sweep.search import Interrupted, Launcher, SearchPlan, plan_search, run_search
@@ -29,6 +29,7 @@ from mae.sweep.search_study import (
     storage_url,
     trial_counts,
 )
+from mae.sweep.status import with_status
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130  # as for a study (mae.sweep.cli)
 

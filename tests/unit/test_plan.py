@@ -12,9 +12,10 @@ from mae import track
 from mae.config import TABLE_AXES, run_key, validate_config
 from mae.schema import ConfigError
 from mae.sweep.launch import select_runs
-from mae.sweep.plan import Plan, mark_shared, plan_study, with_status
+from mae.sweep.plan import Plan, mark_shared, plan_study
 from mae.sweep.scale import load_scale
 from mae.sweep.spec import available_studies, load_study, parse_study
+from mae.sweep.status import with_status
 
 
 def plan(name: str, scale: str, **kw) -> Plan:

@@ -14,7 +14,8 @@ MAX_FUNCTION_LINES = 60
 
 # Rooms from the bottom up; a room may import its own modules and any room on an earlier line.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("mae.paths", "mae.schema", "mae.overrides", "mae.logger"),
+    ("mae.paths", "mae.schema", "mae.logger"),
+    ("mae.overrides",),
     ("mae.config",),
     ("mae.model", "mae.data"),
     ("mae.train",),
