@@ -154,7 +154,8 @@ def test_failed_pretraining_fails_its_evaluations_and_retries_only_when_asked(
     assert report.finished == []
     errors = dict(report.failed)
     assert (
-        errors[pretrain.name].startswith("ValueError:") and "no full batch" in errors[pretrain.name]
+        errors[pretrain.name].startswith("ValueError:")
+        and "no full global batch" in errors[pretrain.name]
     )
     assert errors[linprobe.name] == f"not run: its pre-training {pretrain.name} failed"
     rows = tracked(tracking_uri)
