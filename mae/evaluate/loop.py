@@ -11,8 +11,9 @@ the global batch, as in the official recipe: each rank trains on its share of ev
 (the same global batches one process would load), DistributedDataParallel averages the
 gradients, and the lr stays blr * global batch / 256. Validation and test splits are cut into one
 block per rank and the hit counts summed; the train loss is summed on the device and
-all-reduced once per epoch (no host sync per step; a NaN ends every rank at the same epoch). Rank 0 alone logs and writes checkpoints, which
-hold every rank's RNG; every rank resumes from them.
+all-reduced once per epoch (no host sync per step; a NaN ends every rank at the same epoch).
+Rank 0 alone logs and writes checkpoints, which hold every rank's RNG; every rank resumes from
+them.
 """
 
 from __future__ import annotations
