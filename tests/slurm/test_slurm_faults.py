@@ -115,7 +115,8 @@ def test_a_job_at_its_time_limit_is_requeued_by_submitit_and_finishes(
     # each life loses its start-up and the epoch it was in: allow many on a loaded machine
     profile = dev_profile(tmp_path / "jobs", timeout_min=1, signal_delay_s=20, max_num_timeout=30)
     plan = one_pretraining(tracking_uri, sets)
-    report = Launch(plan, profile, tracking_uri, tmp_path).report(timeout=900)
+    # lives of ~70 s (queue, start-up, 40 s to the USR2): 20 lives fit, the work needs 2-10
+    report = Launch(plan, profile, tracking_uri, tmp_path).report(timeout=2000)
 
     final = the_run(tracking_uri)
     assert report.ok and final["status"] == "FINISHED"
