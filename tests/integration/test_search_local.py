@@ -17,6 +17,7 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+import sqlalchemy
 import yaml
 from support import MICRO_SEARCH
 
@@ -45,8 +46,11 @@ def finished_trials(store: Path, name: str) -> int:
     if not (store / "optuna.db").exists():
         return 0
     spec = load_search(store / "micro_search.yaml")
-    storage = build_storage(f"sqlite:///{store / 'optuna.db'}", spec.heartbeat)
-    names = [n for n in optuna.get_all_study_names(storage) if n.startswith(name)]
+    try:
+        storage = build_storage(f"sqlite:///{store / 'optuna.db'}", spec.heartbeat)
+        names = [n for n in optuna.get_all_study_names(storage) if n.startswith(name)]
+    except sqlalchemy.exc.SQLAlchemyError:  # the search is creating the schema right now
+        return 0
     if not names:
         return 0
     study = optuna.load_study(study_name=names[0], storage=storage)
