@@ -110,12 +110,13 @@ def test_an_outside_requeue_resumes_into_the_same_run(tracking_uri, tmp_path, re
 def test_a_job_at_its_time_limit_is_requeued_by_submitit_and_finishes(
     tracking_uri, tmp_path, reference
 ):
-    """A 1-minute limit: USR2 before it, a checkpoint and a requeue, until the work is done."""
-    sets = ["pretrain.epochs=45", "runtime.recon_images=0"]  # past the USR2 at ~40 s
-    # each life loses its start-up and the epoch it was in: allow many on a loaded machine
-    profile = dev_profile(tmp_path / "jobs", timeout_min=1, signal_delay_s=20, max_num_timeout=30)
+    """A 2-minute limit: USR2 before it, a checkpoint and a requeue, until the work is done."""
+    # 100 micro epochs take ~100 s on a quiet machine, ~400 s on a busy one: past the USR2 at
+    # 100 s either way. Each life loses its start-up (10-30 s) and the epoch it was in, so a
+    # 1-minute limit made no progress at all on a busy machine; 2 minutes need 2-8 lives.
+    sets = ["pretrain.epochs=100", "runtime.recon_images=0"]
+    profile = dev_profile(tmp_path / "jobs", timeout_min=2, signal_delay_s=20, max_num_timeout=30)
     plan = one_pretraining(tracking_uri, sets)
-    # lives of ~70 s (queue, start-up, 40 s to the USR2): 20 lives fit, the work needs 2-10
     report = Launch(plan, profile, tracking_uri, tmp_path).report(timeout=2000)
 
     final = the_run(tracking_uri)
