@@ -111,10 +111,11 @@ def test_a_job_at_its_time_limit_is_requeued_by_submitit_and_finishes(
     tracking_uri, tmp_path, reference
 ):
     """A 2-minute limit: USR2 before it, a checkpoint and a requeue, until the work is done."""
-    # 100 micro epochs take ~100 s on a quiet machine, ~400 s on a busy one: past the USR2 at
-    # 100 s either way. Each life loses its start-up (10-30 s) and the epoch it was in, so a
-    # 1-minute limit made no progress at all on a busy machine; 2 minutes need 2-8 lives.
-    sets = ["pretrain.epochs=100", "runtime.recon_images=0"]
+    # 150 micro epochs (not a paper label: 100 would map to micro's 2) take ~150 s on a quiet
+    # machine, ~600 s on a busy one: past the USR2 at 100 s either way. Each life loses its
+    # start-up (10-30 s) and the epoch it was in, so 1-minute lives made no progress at all on
+    # a busy machine; 2-minute lives need 2-8.
+    sets = ["pretrain.epochs=150", "runtime.recon_images=0"]
     profile = dev_profile(tmp_path / "jobs", timeout_min=2, signal_delay_s=20, max_num_timeout=30)
     plan = one_pretraining(tracking_uri, sets)
     report = Launch(plan, profile, tracking_uri, tmp_path).report(timeout=2000)
