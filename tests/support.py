@@ -58,3 +58,13 @@ def mae_features(model: MaskedAutoencoder, images: torch.Tensor, pool: str) -> t
     mean patch token ('avg'): the reference a timm classifier carrying the encoder must match."""
     x = model.encode(model.patch_embed(images) + model.pos_embed[:, 1:])
     return x[:, 0] if pool == "cls" else x[:, 1:].mean(dim=1)
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals open at one instant (an end before a start at the same time)."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak

@@ -42,9 +42,8 @@ from pydantic import (
 
 from mae.config import ExperimentConfig, affects
 from mae.overrides import flatten_dict
-from mae.schema import Problem, Schema, YamlFile, load_yaml, schema_error, validate_model
-from mae.sweep.scale import available_scales
-from mae.sweep.spec import NAME_PATTERN, study_path
+from mae.schema import Problem, Schema, load_yaml, schema_error, validate_model
+from mae.sweep.spec import NAME_PATTERN, StudyFile, study_path
 
 Protocol = Literal["finetune", "linprobe", "partial"]
 # Fields a search never varies: they pick the data or the seed, not the recipe.
@@ -165,7 +164,7 @@ def grid_values(param: Range | Choices) -> list[Any]:
     return [round(v, 12) if isinstance(v, float) else v for v in values]
 
 
-class SearchSpec(YamlFile):
+class SearchSpec(StudyFile):
     """A validated search file."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -188,19 +187,8 @@ class SearchSpec(YamlFile):
     heartbeat: Heartbeat = Heartbeat()
 
     @classmethod
-    def unknown_key_hint(cls) -> str:
-        return "unknown key; allowed keys: " + ", ".join(cls.model_fields)
-
-    @classmethod
     def expected(cls, field: str) -> str:
         return EXPECTED.get(field, "")
-
-    @field_validator("scale")
-    @classmethod
-    def _known_scale(cls, scale: str) -> str:
-        if scale not in available_scales():
-            raise Problem("scale", scale, "allowed: " + " | ".join(available_scales()))
-        return scale
 
     @field_validator("space", mode="before")
     @classmethod

@@ -12,6 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from support import max_overlap
 
 from mae import track
 from mae.schema import load_yaml
@@ -29,16 +30,6 @@ def ratio_study(ratios: list[float]) -> StudySpec:
     raw["sweep"] = {"masking.ratio": ratios}
     raw["evaluations"] = []
     return parse_study(raw, "studies/mask_ratio_sweep.yaml (trimmed)", "mask_ratio_sweep")
-
-
-def max_overlap(intervals: list[tuple[float, float]]) -> int:
-    """The most intervals open at one instant (an end before a start at the same time)."""
-    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    running = peak = 0
-    for _, step in events:
-        running += step
-        peak = max(peak, running)
-    return peak
 
 
 def test_local_queue_runs_at_most_max_parallel_jobs(tracking_uri, runs_dir):

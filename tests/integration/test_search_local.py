@@ -19,7 +19,7 @@ import optuna
 import pytest
 import sqlalchemy
 import yaml
-from support import MICRO_SEARCH
+from support import MICRO_SEARCH, max_overlap
 
 from mae import track
 from mae.paths import project_root
@@ -55,15 +55,6 @@ def finished_trials(store: Path, name: str) -> int:
         return 0
     study = optuna.load_study(study_name=names[0], storage=storage)
     return sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False))
-
-
-def max_overlap(intervals: list[tuple[float, float]]) -> int:
-    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    running = peak = 0
-    for _, step in events:
-        running += step
-        peak = max(peak, running)
-    return peak
 
 
 def test_micro_search_killed_and_continued(tmp_path: Path) -> None:
