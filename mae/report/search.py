@@ -120,6 +120,28 @@ def comparison(result: SearchResult) -> list[tuple[str, str, str]]:
     return rows
 
 
+def verdict(result: SearchResult) -> str:
+    """Whether to use the search's parameters, judged as they were chosen: on validation. The
+    best-parameters file is written either way; this line says when it is not worth using."""
+    val = f"metrics.final/{result.protocol}/val_top1"
+    best = _number((result.best or {}).get(val))
+    default = _number((result.default or {}).get(val))
+    if best is None or default is None:
+        return (
+            "Verdict: missing (the best parameters or the default recipe has no validation top-1)."
+        )
+    if best <= default:
+        return (
+            f"Verdict: the search found nothing better than the default recipe on validation "
+            f"({best:.2f} against {default:.2f}): keep the default recipe."
+        )
+    return (
+        f"Verdict: the best parameters beat the default recipe on validation by "
+        f"{best - default:+.2f} points ({best:.2f} against {default:.2f}; one run each, so a "
+        f"difference within seed-to-seed spread is not a result)."
+    )
+
+
 def to_markdown(result: SearchResult, heading: str = "##", figure: bool = False) -> str:
     search = result.search
     states = ", ".join(f"{result.states[s]} {s}" for s in STATES if result.states[s])
@@ -138,6 +160,11 @@ def to_markdown(result: SearchResult, heading: str = "##", figure: bool = False)
             tablefmt="github",
             disable_numparse=True,
         ),
+        "",
+        verdict(result),
+        "",
+        f"Importances (Optuna's default evaluator) from the {result.states['COMPLETE']} "
+        "complete trials; pruned trials do not enter them.",
         "",
         tabulate(
             [(n, _fmt(b), _fmt(d), _fmt(w)) for n, b, d, w in result.params()],

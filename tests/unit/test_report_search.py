@@ -80,6 +80,8 @@ def test_search_report_compares_the_best_parameters_with_the_default_recipe(
     assert "| best parameters | 80 | 79.5 |" in text
     assert "| default recipe | 74 | 75 |" in text
     assert "| blr | 0.003 | 0.004 | 0.8 |" in text
+    assert "beat the default recipe on validation by +6.00 points" in text
+    assert "from the 2 complete trials" in text
     files = write_search([result], tmp_path, ["md", "csv", "png"])
     assert [f.name for f in files] == ["search_ft.md", "search_ft.csv", "search_ft.png"]
     assert pd.read_csv(tmp_path / "search_ft.csv")["state"].tolist() == [
@@ -87,6 +89,17 @@ def test_search_report_compares_the_best_parameters_with_the_default_recipe(
         "PRUNED",
         "COMPLETE",
     ]
+
+
+def test_search_that_found_nothing_better_says_keep_the_default() -> None:
+    rows = frame()
+    rows.loc[rows["run_id"] == "e2", "metrics.final/finetune/val_top1"] = 86.0
+    (result,) = search_results(rows)
+    text = " ".join(to_markdown(result).split())
+    assert "nothing better than the default recipe on validation (80.00 against 86.00)" in text
+    rows = rows[rows["run_id"] != "e2"]
+    (result,) = search_results(rows)
+    assert "Verdict: missing" in to_markdown(result)
 
 
 def test_make_tables_only_search_on_a_store_without_searches(
