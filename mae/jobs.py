@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,15 +130,22 @@ def exclusive(workdir: Path, name: str) -> Iterator[None]:
 
 class ProgressFile:
     """Passes metrics on and records the last epoch in `workdir/progress.json`, so the launcher
-    can show how far each running job is without asking MLflow (or the job's own terminal)."""
+    can show how far each running job is without asking MLflow (or the job's own terminal).
+    `details(step)` adds fields to the record: a search worker's trial and the search's share."""
 
-    def __init__(self, inner: MetricLogger, workdir: Path):
-        self.inner, self.path = inner, workdir / PROGRESS
+    def __init__(
+        self,
+        inner: MetricLogger,
+        workdir: Path,
+        details: Callable[[int], Mapping[str, Any]] | None = None,
+    ):
+        self.inner, self.path, self.details = inner, workdir / PROGRESS, details
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         self.inner.log_metrics(metrics, step)
+        record = {"epoch": step, **(self.details(step) if self.details else {})}
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"epoch": step}))
+        tmp.write_text(json.dumps(record))
         os.replace(tmp, self.path)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
@@ -148,11 +155,20 @@ class ProgressFile:
         self.inner.set_tags(tags)
 
 
+def read_progress_record(workdir: str | Path) -> dict[str, Any]:
+    """What a job in `workdir` last wrote to its progress file ({} before its first epoch)."""
+    try:
+        record = json.loads((Path(workdir) / PROGRESS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def read_progress(workdir: str | Path) -> int | None:
     """The last epoch a job in `workdir` reported, or None before its first."""
     try:
-        return int(json.loads((Path(workdir) / PROGRESS).read_text())["epoch"])
-    except (OSError, ValueError, KeyError):
+        return int(read_progress_record(workdir)["epoch"])
+    except (KeyError, TypeError, ValueError):
         return None
 
 

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 import submitit
 
 from mae.config import EVAL_STAGES
-from mae.jobs import JobSpec, Worker, read_progress
+from mae.jobs import JobSpec, Worker, read_progress_record
 from mae.sweep.plan import stage_noun
 
 log = logging.getLogger(__name__)
@@ -131,11 +131,15 @@ class Progress:
             log.error("%s failed: %s", name, error)
 
     def fraction(self, key: str) -> float:
-        """How far a running job is, from the last epoch it reported (0 before the first)."""
+        """How far a running job is, from the last epoch it reported (0 before the first); a
+        search worker reports its own share of the search, since its trials vary in length."""
         spec = self.specs[key]
+        record = read_progress_record(spec.workdir)
+        if "fraction" in record:
+            return min(1.0, max(0.0, float(record["fraction"])))
         total = spec.config[spec.stage]["epochs"]
         total = sum(total) if isinstance(total, list) else total
-        return min(1.0, (read_progress(spec.workdir) or 0) / total)
+        return min(1.0, int(record.get("epoch", 0)) / total)
 
     def remaining_s(self) -> float | None:
         """Seconds until every run has ended, from how long finished jobs of each stage took
@@ -168,11 +172,13 @@ class Progress:
         shown = []
         for key in self.running:
             spec = self.specs[key]
-            epoch = read_progress(spec.workdir)
-            if epoch is not None:
-                total = spec.config[spec.stage]["epochs"]  # partial: possibly several schedules
-                total = ",".join(map(str, total)) if isinstance(total, list) else total
-                shown.append(f"{spec.name} {epoch}/{total}")
+            record = read_progress_record(spec.workdir)
+            if "epoch" not in record:
+                continue
+            total = record.get("epochs", spec.config[spec.stage]["epochs"])  # a trial's own
+            total = ",".join(map(str, total)) if isinstance(total, list) else total  # partial
+            trial = f" trial {record['trial']}" if "trial" in record else ""
+            shown.append(f"{spec.name}{trial} {record['epoch']}/{total}")
         return shown
 
     def counts(self, state_of: Mapping[str, str] | None = None) -> dict[str, Counter[str]]:

@@ -89,6 +89,12 @@ def retried_from(study: optuna.Study, trial: optuna.Trial) -> int | None:
     return mine.system_attrs.get("failed_trial") if mine is not None else None
 
 
+def finished_trials(study: optuna.Study) -> int:
+    """Trials that count towards `n_trials`: complete or pruned."""
+    done = (TrialState.COMPLETE, TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=done))
+
+
 def _worker_id() -> str:
     """Where a trial runs: the Slurm array task (`<array>_<task>`), the job, or host:pid."""
     env = os.environ
@@ -127,6 +133,7 @@ class SearchWorker:
     pretrain_checkpoint: str
     trials_dir: str
     _current: tuple[int, str] | None = field(default=None, repr=False)  # trial number, run id
+    _finished_at_start: int = field(default=0, repr=False)  # the search's, when this one began
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_current": None}
@@ -142,6 +149,7 @@ class SearchWorker:
             direction="maximize",
             load_if_exists=True,
         )
+        self._finished_at_start = finished_trials(study)
         ran = failures = 0
         while not self.enough(study):
             try:
@@ -162,6 +170,17 @@ class SearchWorker:
         states = [t.state for t in study.get_trials(deepcopy=False)]
         busy = TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING
         return sum(state in busy for state in states) >= self.n_trials
+
+    def progress_details(
+        self, study: optuna.Study, number: int, epochs: int, step: int
+    ) -> dict[str, Any]:
+        """For the launcher's line: the trial this worker runs, its epochs, and the share of the
+        search's remaining work (as it stood when this worker began) now done: trials finished
+        since, plus this trial's share. Trials differ in length, so a worker's epoch alone
+        would extrapolate to an ETA hours off."""
+        todo = max(1, self.n_trials - self._finished_at_start)
+        done = finished_trials(study) - self._finished_at_start + step / max(1, epochs)
+        return {"trial": number, "epochs": epochs, "fraction": min(1.0, max(0.0, done / todo))}
 
     def interrupted(self) -> None:
         """Timeout or preemption: fail the running trial and enqueue its retry, which resumes
@@ -194,8 +213,13 @@ class SearchWorker:
         run_id = self._open_run(trial, cfg, params, origin)
         trial.set_user_attr("mlflow_run_id", run_id)
         Path(self.workdir).mkdir(parents=True, exist_ok=True)
-        logger = ProgressFile(track.MlflowLogger(self.tracking_uri, run_id), Path(self.workdir))
-        reporter = TrialReporter(logger, trial, self.metric, getattr(cfg, self.stage).epochs)
+        epochs = getattr(cfg, self.stage).epochs
+        logger = ProgressFile(
+            track.MlflowLogger(self.tracking_uri, run_id),
+            Path(self.workdir),
+            lambda step: self.progress_details(study, trial.number, epochs, step),
+        )
+        reporter = TrialReporter(logger, trial, self.metric, epochs)
         self._current = (trial.number, run_id)
         try:
             value = self._evaluate(cfg, workdir, reporter)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
+import pytest
+
 from mae.jobs import JobSpec
 from mae.sweep.progress import Progress, work
 
 
-def spec(key: str, stage: str, epochs: int, depends_on: str | None = None) -> JobSpec:
+def spec(
+    key: str, stage: str, epochs: int, depends_on: str | None = None, workdir: str = "/unused"
+) -> JobSpec:
     return JobSpec(
         key=key,
         stage=stage,
@@ -16,7 +24,7 @@ def spec(key: str, stage: str, epochs: int, depends_on: str | None = None) -> Jo
         scale="micro",
         tracking_uri="sqlite:///unused.db",
         experiment_id="0",
-        workdir=f"/unused/{key}",
+        workdir=f"{workdir}/{key}",
         depends_on=depends_on,
     )
 
@@ -71,3 +79,22 @@ def test_an_odd_pretraining_does_not_run_alone_at_the_end():
     makespan, started = simulate(study(3), slots=2)
     assert started[:3] == ["p0", "p1", "p2"]
     assert makespan == 10.0
+
+
+def test_a_search_worker_is_timed_by_its_share_of_the_search_not_by_its_trial(
+    tmp_path: Path,
+) -> None:
+    """A worker 20 min into a search sits at epoch 1 of a new trial: timed by that epoch, the
+    ETA read hours; timed by the share of the search it reports, it reads what is left."""
+    specs = {"w0": spec("w0", "finetune", 15, workdir=str(tmp_path))}
+    progress = Progress(specs=specs, waiting=[])
+    progress.running["w0"] = None
+    progress.started["w0"] = time.monotonic() - 1200
+    (tmp_path / "w0").mkdir()
+    record = {"epoch": 1, "trial": 9, "epochs": 5, "fraction": 0.8}
+    (tmp_path / "w0" / "progress.json").write_text(json.dumps(record))
+    assert progress.fraction("w0") == 0.8
+    assert progress.remaining_s() == pytest.approx(300, abs=5)  # 1200 s / 0.8 * 0.2
+    assert progress.epochs() == ["w0 trial 9 1/5"]
+    (tmp_path / "w0" / "progress.json").write_text(json.dumps({"epoch": 3}))
+    assert progress.fraction("w0") == 0.2 and progress.epochs() == ["w0 3/15"]  # a stage job

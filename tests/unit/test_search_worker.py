@@ -13,7 +13,7 @@ import submitit
 import yaml
 
 from mae import track
-from mae.jobs import JobInterrupted, WorkerJob, job_for
+from mae.jobs import JobInterrupted, WorkerJob, job_for, read_progress_record
 from mae.schema import ConfigError
 from mae.sweep.plan import plan_study
 from mae.sweep.scale import load_scale
@@ -154,6 +154,13 @@ def test_a_trial_is_a_nested_run_and_never_sees_the_test_split(
     assert [m.step for m in history] == [1, 2]
     assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
     assert not (tmp_path / "trials" / "trial0").exists()  # finished trials keep no checkpoint
+    # the launcher's line: this trial at its last epoch is half of a 2-trial search
+    assert read_progress_record(worker.workdir) == {
+        "epoch": 2,
+        "trial": 0,
+        "epochs": 2,
+        "fraction": 0.5,
+    }
 
 
 def test_a_pruned_trial_is_killed_and_tagged_pruned(tracking_uri, tmp_path, pretrained) -> None:
