@@ -180,7 +180,7 @@ class SearchWorker:
         would extrapolate to an ETA hours off."""
         todo = max(1, self.n_trials - self._finished_at_start)
         done = finished_trials(study) - self._finished_at_start + step / max(1, epochs)
-        return {"trial": number, "epochs": epochs, "fraction": min(1.0, max(0.0, done / todo))}
+        return {"trial": number, "epochs": epochs, "fraction": done / todo}  # the reader clamps
 
     def interrupted(self) -> None:
         """Timeout or preemption: fail the running trial and enqueue its retry, which resumes
