@@ -86,9 +86,9 @@ def test_labels_are_paper_values_configs_are_scale_values() -> None:
     width = run_named(plan("decoder_width", "tiny"), "width=128/seed0/linprobe")
     assert width.labels["decoder.width"] == "128" and width.config.decoder.width == 12
     assert width.labels["decoder.depth"] == "8" and width.config.decoder.depth == 2
-    assert width.labels["pretrain.epochs"] == "800" and width.config.pretrain.epochs == 60
+    assert width.labels["pretrain.epochs"] == "800" and width.config.pretrain.epochs == 16
     sched = run_named(plan("training_schedule", "tiny"), "epochs=1600/seed0/pretrain")
-    assert sched.labels["pretrain.epochs"] == "1600" and sched.config.pretrain.epochs == 120
+    assert sched.labels["pretrain.epochs"] == "1600" and sched.config.pretrain.epochs == 32
     micro = run_named(plan("training_schedule", "micro"), "epochs=1600/seed0/pretrain")
     assert micro.labels["pretrain.epochs"] == "1600" and micro.config.pretrain.epochs == 20
     partial = run_named(plan("partial_finetune", "tiny"), "partial/blocks=24")
