@@ -5,15 +5,19 @@ Everything is validated before anything happens: the study, the scale, the clust
 with nothing launched and nothing written to the tracking store (it is created only afterwards).
 Exit codes: 0 every run finished, 1 some runs failed (listed), 2 bad input, 130 interrupted
 (Ctrl-C: nothing more is launched; running jobs are cancelled, or left running with
---leave-running, and the study resumes where it stopped when run again).
+--leave-running, and the study resumes where it stopped when run again). SIGTERM and SIGHUP (a
+`kill`, a CI time-out, a closed terminal) are taken as Ctrl-C: without it the launcher died and
+its local jobs ran on, orphaned, to be launched a second time by the next run of the study.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,6 +35,7 @@ from mae.sweep.status import with_status
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+TERMINATION = (signal.SIGTERM, signal.SIGHUP)  # handled as Ctrl-C
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,6 +220,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a malformed command line (2): argparse printed it
         return int(exc.code or 0)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with _termination_as_interrupt():
+        return _main(args)
+
+
+@contextlib.contextmanager
+def _termination_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt while the command runs, as Ctrl-C does."""
+    kept = {sig: signal.signal(sig, signal.default_int_handler) for sig in TERMINATION}
+    try:
+        yield
+    finally:
+        for sig, handler in kept.items():
+            signal.signal(sig, handler)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         if file_kind(study_path(args.study)) == "search":
             from mae.sweep import search_cli  # Optuna only for searches

@@ -121,8 +121,10 @@ def test_a_nan_loss_fails_its_run_with_the_reason_and_the_rest_goes_on(tracking_
     assert len(frame) == 3  # the probe of the failed pre-training never started
 
 
-def test_ctrl_c_cancels_the_running_jobs_and_a_rerun_resumes_them(tmp_path):
-    """SIGINT to the whole process group, as a terminal's Ctrl-C: exit 130 at once, no prompt,
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_an_interrupt_cancels_the_running_jobs_and_a_rerun_resumes_them(tmp_path, how):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C, or SIGTERM to the launcher
+    alone, as `kill` or a CI time-out: exit 130 at once, no prompt, no job process left behind,
     no run left RUNNING, and running the study again resumes into the same run."""
     study = tmp_path / "short.yaml"
     study.write_text(
@@ -153,10 +155,17 @@ def test_ctrl_c_cancels_the_running_jobs_and_a_rerun_resumes_them(tmp_path):
     deadline = time.monotonic() + 300
     while not list((tmp_path / "runs").rglob("progress.json")) and time.monotonic() < deadline:
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGINT)
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     print(out[-2000:])
     assert proc.returncode == 130 and "interrupted: 1 job(s) cancelled" in out
+    deadline = time.monotonic() + 30
+    while task_pids(tmp_path / "runs") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not task_pids(tmp_path / "runs")  # nothing orphaned to run on beside a rerun
 
     uri = env["MLFLOW_TRACKING_URI"]
     (row,) = track.runs_frame(uri, "micro").to_dict("records")
