@@ -260,9 +260,6 @@ class RuntimeConfig(Section):
     progress: bool | None = None  # None: on when stderr is a TTY and not in CI
     log_every: int = Field(50, ge=1)
     checkpoint_every: int = Field(1, ge=1)  # epochs between checkpoints
-    # Evaluations measure the validation split after every `val_every`-th epoch and the last one.
-    # Its loader has its own generator, so skipped passes change no number, only the curve.
-    val_every: int = Field(1, ge=1)
     recon_images: int = Field(8, ge=0)  # images in the reconstruction grid PNG
     compile: bool | None = None  # torch.compile the pre-training model; None: on CUDA only
 

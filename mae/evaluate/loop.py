@@ -2,9 +2,9 @@
 
 A protocol only says what it trains (`Setup`): the model, its optimizer and loss, the three data
 splits and which modules stay frozen. This module runs the epochs, evaluates on the validation
-split after each one (or after every `runtime.val_every`-th and the last), checkpoints through
-`mae.train.checkpoint` and finally measures the last epoch's model on the test split, as the
-official code reports its last epoch. A finished run called again returns its stored final numbers.
+split after each one, checkpoints through `mae.train.checkpoint` and finally measures the last
+epoch's model on the test split, as the official code reports its last epoch. A finished run
+called again returns its stored final numbers.
 
 Under DDP (RANK/WORLD_SIZE set by torchrun, or by a job of several Slurm tasks) `batch_size` is
 the global batch, as in the official recipe: each rank trains on its share of every global batch
@@ -177,32 +177,22 @@ def evaluate(
 
 
 def run_epoch(
-    stage: str,
-    setup: Setup,
-    hp: EvalCommon,
-    epoch: int,
-    place: Place,
-    net: nn.Module,
-    validate: bool = True,
+    stage: str, setup: Setup, hp: EvalCommon, epoch: int, place: Place, net: nn.Module
 ) -> tuple[dict[str, float], int]:
-    """Train one epoch, then (when `validate`) measure the validation split: (the epoch's
-    numbers, iterations)."""
+    """Train one epoch, then measure the validation split: (the epoch's numbers, iterations)."""
     loss, lr, iters = train_one_epoch(setup, hp, epoch, place, net)
-    numbers = {f"{stage}/train_loss": loss, f"{stage}/lr": lr}
-    if validate:
-        top1, top5 = evaluate(setup.model, setup.val_set, hp.batch_size, place, setup.num_workers)
-        numbers |= {f"{stage}/val_top1": top1, f"{stage}/val_top5": top5}
+    top1, top5 = evaluate(setup.model, setup.val_set, hp.batch_size, place, setup.num_workers)
+    numbers = {
+        f"{stage}/train_loss": loss,
+        f"{stage}/val_top1": top1,
+        f"{stage}/val_top5": top5,
+        f"{stage}/lr": lr,
+    }
     if place.dist.is_main:
-        val = f", val top-1 {numbers[f'{stage}/val_top1']:.2f}" if validate else ""
-        log.info("%s epoch %d/%d: loss %.4f%s", stage, epoch + 1, hp.epochs, loss, val)
+        log.info(
+            "%s epoch %d/%d: loss %.4f, val top-1 %.2f", stage, epoch + 1, hp.epochs, loss, top1
+        )
     return numbers, iters
-
-
-def validates(epoch: int, epochs: int, every: int, stop_after: int | None) -> bool:
-    """Whether epoch `epoch` (0-based) ends with a validation pass: every `every`-th, the last
-    one, and the one a run is stopped after."""
-    done = epoch + 1
-    return done % every == 0 or done in (epochs, stop_after)
 
 
 def test_numbers(stage: str, setup: Setup, hp: EvalCommon, place: Place) -> dict[str, float]:
@@ -269,8 +259,7 @@ def _run_protocol(
     if state.epoch:
         checkpointer.restore(setup.model, setup.optimizer, info)
     for epoch in range(state.epoch, hp.epochs):
-        validate = validates(epoch, hp.epochs, cfg.runtime.val_every, stop_after_epoch)
-        numbers, iters = run_epoch(stage, setup, hp, epoch, place, net, validate)
+        numbers, iters = run_epoch(stage, setup, hp, epoch, place, net)
         done = state.advance(numbers, iters)
         logger.log_metrics(numbers, step=done)
         if done == hp.epochs:

@@ -207,7 +207,6 @@ class SearchWorker:
         space = distributions(self.space, self.kinds)
         params = {name: suggest(trial, name, dist) for name, dist in space.items()}
         overrides = {f"{self.stage}.{name}": value for name, value in params.items()}
-        overrides["runtime.val_every"] = 1  # the pruner reads every epoch's validation metric
         cfg = validate_config(apply_overrides(self.config, overrides), f"trial {trial.number}")
         origin = retried_from(study, trial)
         workdir = Path(self.trials_dir) / f"trial{origin if origin is not None else trial.number}"

@@ -138,7 +138,6 @@ def test_a_trial_is_a_nested_run_and_never_sees_the_test_split(
 
     monkeypatch.setattr("mae.evaluate.loop.test_numbers", no_test)
     worker = make_worker(tracking_uri, tmp_path, pretrained)
-    worker.config["runtime"]["val_every"] = 2  # a scale's setting; the pruner reads every epoch
     study = optuna.create_study(direction="maximize")
     study.optimize(lambda trial: worker.objective(study, trial), n_trials=1)
     (trial,) = study.trials
