@@ -109,7 +109,8 @@ def test_run_creates_the_store_then_launches_and_exits_0(
     assert call["cluster"] == "debug" and call["max_parallel"] == 2
     assert call["tracking_uri"] == tracking_uri
     assert call["experiment_id"] == track.find_experiment(tracking_uri, "micro")
-    assert len(call["plan"].runs) == 24 and call["plan"].experiment_id == call["experiment_id"]
+    assert len(call["plan"].runs) == 8  # 2 ratios x 2 seeds x (pre-training, probe)
+    assert call["plan"].experiment_id == call["experiment_id"]
     out = capsys.readouterr().out
     assert "make ui" in out and "mae-ablate/micro" in out
     assert "python analysis/make_tables.py --scale micro" in out

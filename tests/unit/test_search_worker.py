@@ -210,7 +210,10 @@ def test_best_parameters_feed_other_studies(tracking_uri, tmp_path) -> None:
     assert yaml.safe_load(path.read_text())["params"]["blr"] == 0.0123
     scale = load_scale("micro")
     plan = plan_study(
-        load_study("demo"), scale, ["finetune=@search:unit_search"], reference_uri=tracking_uri
+        load_study("mask_ratio_sweep"),
+        scale,
+        ["finetune=@search:unit_search"],
+        reference_uri=tracking_uri,
     )
     finetunes = [r for r in plan.runs if r.stage == "finetune"]
     assert finetunes and all(r.config.finetune.blr == 0.0123 for r in finetunes)
@@ -223,7 +226,12 @@ def test_best_parameters_feed_other_studies(tracking_uri, tmp_path) -> None:
     (_, run) = plan_study(in_file, scale, reference_uri=tracking_uri).runs
     assert run.config.finetune.blr == 0.0123
     with pytest.raises(ConfigError, match=r"--set: finetune: got '@search:nope'; no finished"):
-        plan_study(load_study("demo"), scale, ["finetune=@search:nope"], reference_uri=tracking_uri)
+        plan_study(
+            load_study("mask_ratio_sweep"),
+            scale,
+            ["finetune=@search:nope"],
+            reference_uri=tracking_uri,
+        )
     with pytest.raises(ConfigError, match="evaluation section"):
         plan_study(load_study("demo"), scale, ["data=@search:unit_search"], reference_uri=uri)
 
