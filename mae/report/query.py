@@ -102,10 +102,10 @@ class TableResult:
 
     def footnotes(self) -> list[str]:
         d, notes = self.definition, []
-        missing_rows = list(dict.fromkeys(r for r, _ in self.missing))
-        if missing_rows:
+        cols = [c.name for c in d.columns]
+        if self.missing:
             notes.append(
-                f"— no finished run yet for {', '.join(missing_rows)}: run "
+                f"— no finished run yet for {missing_cells(self.missing, cols)}: run "
                 f"`python studies/run.py {d.study} --scale {self.scale}`."
             )
         if self.ignored:
@@ -304,3 +304,18 @@ def build_tables(uri: str, scale: str, only: Iterable[str] | None = None) -> lis
     """Query the scale's experiment in `uri` and fill the named tables (all when `only` is None)."""
     definitions = select(only)
     return tables_from_frame(runs_frame(uri, scale), definitions, scale)
+
+
+def missing_cells(missing: list[tuple[str, str]], columns: Iterable[str]) -> str:
+    """Rows that miss every column by name, then the rest by column: "4, 12; ft at 75, 90"."""
+    every = set(columns)
+    by_row: dict[str, set[str]] = {}
+    for row, col in missing:
+        by_row.setdefault(row, set()).add(col)
+    whole = [row for row, cols in by_row.items() if cols == every]
+    parts = [", ".join(whole)] if whole else []
+    for col in dict.fromkeys(col for _, col in missing):
+        rows = [row for row, cols in by_row.items() if col in cols and row not in whole]
+        if rows:
+            parts.append(f"{col} at {', '.join(rows)}")
+    return "; ".join(parts)

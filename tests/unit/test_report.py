@@ -25,7 +25,7 @@ from mae.report.cli import main
 from mae.report.definitions import TABLE1_DEFAULTS, select
 from mae.report.figures import draw
 from mae.report.paper import PAPER
-from mae.report.query import normalise, tables_from_frame
+from mae.report.query import missing_cells, normalise, tables_from_frame
 from mae.report.render import display_frame, to_csv, to_latex, to_markdown
 
 SCALE = "tiny"
@@ -265,10 +265,18 @@ def test_table2_wall_clock_and_speedup(tables):
     assert t.cell("w/o [M], 1", "ft").mean == 75.0  # the same runs as Table 1a's 1-block row
 
 
+def test_missing_cells_name_whole_rows_then_the_rest_by_column():
+    missing = [("10", "ft"), ("10", "lin"), ("75", "ft"), ("30", "ft"), ("30", "lin")]
+    missing.append(("90", "ft"))
+    assert missing_cells(missing, ["ft", "lin"]) == "10, 30; ft at 75, 90"
+    assert missing_cells([("75", "lin")], ["lin"]) == "75"
+    assert missing_cells([("75", "lin")], ["ft", "lin"]) == "lin at 75"
+
+
 def test_missing_rows_and_approximate_values_in_footnotes(tables):
     notes = tables["table1d"].footnotes()
     assert notes[0] == (
-        "— no finished run yet for pixel (w/ norm), PCA, dVAE token: run "
+        "— no finished run yet for PCA, dVAE token; lin at pixel (w/ norm): run "
         "`python studies/run.py reconstruction_target --scale tiny`."
     )
     assert notes[-1].startswith("PCA: the largest target.pca_components coefficients")
