@@ -102,10 +102,10 @@ class TableResult:
 
     def footnotes(self) -> list[str]:
         d, notes = self.definition, []
-        cols = [c.name for c in d.columns]
-        if self.missing:
+        if missing := self.missing:  # a property that walks every cell: read once
+            cells = missing_cells(missing, (c.name for c in d.columns))
             notes.append(
-                f"— no finished run yet for {missing_cells(self.missing, cols)}: run "
+                f"— no finished run yet for {cells}: run "
                 f"`python studies/run.py {d.study} --scale {self.scale}`."
             )
         if self.ignored:
