@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import sqlalchemy
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -83,13 +84,23 @@ def build_storage(url: str, heartbeat: Heartbeat) -> optuna.storages.BaseStorage
     engine = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {}
     with warnings.catch_warnings():  # heartbeats are experimental in Optuna
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(
-            url,
-            engine_kwargs=engine,
-            heartbeat_interval=heartbeat.interval,
-            grace_period=heartbeat.grace,
-            heartbeat_stale_trial_callback=retry_callback(heartbeat),
-        )
+        try:
+            return _rdb_storage(url, engine, heartbeat)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            # Another process (a worker, the dashboard) created the schema at the same moment:
+            # Optuna checks for the tables, then creates them, and the slower one fails. The
+            # second look finds them.
+            return _rdb_storage(url, engine, heartbeat)
+
+
+def _rdb_storage(url: str, engine: dict[str, Any], heartbeat: Heartbeat) -> RDBStorage:
+    return RDBStorage(
+        url,
+        engine_kwargs=engine,
+        heartbeat_interval=heartbeat.interval,
+        grace_period=heartbeat.grace,
+        heartbeat_stale_trial_callback=retry_callback(heartbeat),
+    )
 
 
 def retry_callback(heartbeat: Heartbeat) -> RetryHeartbeatStaleTrialCallback:

@@ -64,16 +64,18 @@ def test_micro_search_killed_and_continued(tmp_path: Path) -> None:
     path.write_text(MICRO_SEARCH)
     env = {**os.environ, "PYTHONPATH": str(project_root()), "CI": "1"}
 
+    log = tmp_path / "first.log"
     first = subprocess.Popen(
         command(path, store, runs),
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: the launcher and its job processes
     )
     deadline = time.monotonic() + 600
     while finished_trials(store, "micro_search/") < 2 and time.monotonic() < deadline:
-        assert first.poll() is None, "the search ended before it could be killed"
+        if first.poll() is not None:
+            pytest.fail(f"the search ended before it could be killed:\n{log.read_text()}")
         time.sleep(0.5)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
