@@ -65,13 +65,14 @@ def test_micro_search_killed_and_continued(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(project_root()), "CI": "1"}
 
     log = tmp_path / "first.log"
-    first = subprocess.Popen(
-        command(path, store, runs),
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: the launcher and its job processes
-    )
+    with log.open("w") as out:  # the child keeps its own copy of the descriptor
+        first = subprocess.Popen(
+            command(path, store, runs),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the launcher and its job processes
+        )
     deadline = time.monotonic() + 600
     while finished_trials(store, "micro_search/") < 2 and time.monotonic() < deadline:
         if first.poll() is not None:
