@@ -22,7 +22,14 @@ from mae.data.augment import (
     linprobe_train_transform,
     pretrain_transform,
 )
-from mae.data.sources import ImageSource, RawSplits, SourceKey, load_by_key, source_key
+from mae.data.sources import (
+    ImageSource,
+    RawSplits,
+    SourceKey,
+    check_available,
+    load_by_key,
+    source_key,
+)
 from mae.data.splits import subset_indices, train_val_indices
 from mae.data.stats import source_stats
 
@@ -83,6 +90,13 @@ def _plan(cfg: ExperimentConfig, stage: str) -> _Plan:
     dataset = section.dataset or cfg.data.dataset
     root = section.root or (cfg.data.root if dataset == cfg.data.dataset else None)
     return _Plan(dataset, root, section.image_size or cfg.image_side, cfg.image_channels)
+
+
+def check_stage_data(cfg: ExperimentConfig, stage: str) -> None:
+    """Raise DataMissingError where the data `stage` reads is not on disk (a tokenizer reads the
+    pre-training set)."""
+    plan = _plan(cfg, "pretrain" if stage == "tokenizer" else stage)
+    check_available(plan.dataset, plan.root)
 
 
 def _key(cfg: ExperimentConfig, plan: _Plan) -> SourceKey:

@@ -144,7 +144,7 @@ def find_fashion_mnist(root: str | None = None) -> Path | None:
     return None
 
 
-def load_fashion_mnist(root: str | None = None) -> RawSplits:
+def _fashion_mnist_folder(root: str | None) -> Path:
     folder = find_fashion_mnist(root)
     if folder is None:
         looked = ", ".join(map(str, fashion_mnist_candidates(root)))
@@ -152,6 +152,11 @@ def load_fashion_mnist(root: str | None = None) -> RawSplits:
             f"Fashion-MNIST not found (looked in {looked}); run `make data` "
             "(scripts/fetch_fashion_mnist.sh) or set MAE_FASHION_MNIST_DIR"
         )
+    return folder
+
+
+def load_fashion_mnist(root: str | None = None) -> RawSplits:
+    folder = _fashion_mnist_folder(root)
     arrays = {key: read_idx(_idx_file(folder, name)) for key, name in FASHION_MNIST_FILES.items()}
 
     def split(prefix: str) -> TensorImages:
@@ -243,8 +248,7 @@ def load_cifar10(root: str | None) -> RawSplits:
 # --------------------------------------------------------------------------- ImageFolder
 
 
-def load_imagefolder(root: str | None) -> RawSplits:
-    """`root/train/<class>/*` is the official train split, `root/val/<class>/*` the test split."""
+def _imagefolder_base(root: str | None) -> Path:
     if not root:
         raise DataMissingError("imagefolder needs data.root (a folder with train/ and val/)")
     base = Path(root)
@@ -254,6 +258,12 @@ def load_imagefolder(root: str | None) -> RawSplits:
             f"imagefolder {base}: missing {', '.join(missing)}/; expected "
             f"{base}/train/<class>/*.JPEG and {base}/val/<class>/*.JPEG (ImageNet layout)"
         )
+    return base
+
+
+def load_imagefolder(root: str | None) -> RawSplits:
+    """`root/train/<class>/*` is the official train split, `root/val/<class>/*` the test split."""
+    base = _imagefolder_base(root)
     train, test = FolderImages(base / "train"), FolderImages(base / "val")
     if train.classes != test.classes:
         raise ValueError(f"imagefolder {base}: train/ and val/ hold different class folders")
@@ -298,6 +308,18 @@ def load_source(
     locates cifar10 and imagefolder, and comes first in fashion_mnist's lookup order."""
     key = source_key(name, root, image_size=image_size, channels=channels, num_classes=num_classes)
     return load_by_key(key)
+
+
+def check_available(name: str, root: str | None = None) -> None:
+    """Raise DataMissingError where data set `name` is not on disk, without decoding it: a
+    launcher asks before it starts jobs that would each fail on it after their start-up."""
+    match name:
+        case "fashion_mnist":
+            _fashion_mnist_folder(root)
+        case "cifar10":
+            _cifar_folder(root)
+        case "imagefolder":
+            _imagefolder_base(root)
 
 
 @cache

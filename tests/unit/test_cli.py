@@ -136,3 +136,28 @@ def test_studies_run_py_runs_from_anywhere(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "--dry-run" in out.stdout and "--retry-failed" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("study", "section", "key"),
+    [
+        ("scratch_baseline", "data", "data.dataset: got 'cifar10'"),
+        ("transfer_classification", "linprobe", "linprobe.dataset: got 'cifar10'"),
+    ],
+)
+def test_a_data_set_not_on_disk_is_bad_input_and_nothing_starts(
+    tracking_uri: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    study: str,
+    section: str,
+    key: str,
+) -> None:
+    runs = tmp_path / "runs"
+    argv = [study, "--scale", "micro", "--runs-dir", str(runs)]
+    argv += ["--set", f"{section}.dataset=cifar10", "--set", f"{section}.root={tmp_path}"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert key in err and f"CIFAR-10 not found at {tmp_path}" in err
+    assert track.runs_frame(tracking_uri, "micro").empty
+    assert not runs.exists()
