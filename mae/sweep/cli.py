@@ -8,6 +8,8 @@ Exit codes: 0 every run finished, 1 some runs failed (listed), 2 bad input, 130 
 --leave-running, and the study resumes where it stopped when run again). SIGTERM and SIGHUP (a
 `kill`, a CI time-out, a closed terminal) are taken as Ctrl-C: without it the launcher died and
 its local jobs ran on, orphaned, to be launched a second time by the next run of the study.
+SIGINT is handled even when the command was started with it ignored (`cmd &` in a script): its
+local jobs would inherit that, and cancelling one is a SIGINT.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from mae.sweep.status import with_status
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-TERMINATION = (signal.SIGTERM, signal.SIGHUP)  # handled as Ctrl-C
+TERMINATION = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # handled as Ctrl-C
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 @contextlib.contextmanager
 def _termination_as_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise KeyboardInterrupt while the command runs, as Ctrl-C does."""
+    """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt while the command runs."""
     kept = {sig: signal.signal(sig, signal.default_int_handler) for sig in TERMINATION}
     try:
         yield

@@ -121,11 +121,17 @@ def test_a_nan_loss_fails_its_run_with_the_reason_and_the_rest_goes_on(tracking_
     assert len(frame) == 3  # the probe of the failed pre-training never started
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm", "sigterm-background"])
 def test_an_interrupt_cancels_the_running_jobs_and_a_rerun_resumes_them(tmp_path, how):
     """SIGINT to the whole process group, as a terminal's Ctrl-C, or SIGTERM to the launcher
-    alone, as `kill` or a CI time-out: exit 130 at once, no prompt, no job process left behind,
-    no run left RUNNING, and running the study again resumes into the same run."""
+    alone, as `kill` or a CI time-out, also when it was started as `cmd &` from a script (SIGINT
+    ignored, which its jobs inherited: cancelling them did nothing): exit 130 at once, no prompt,
+    no job process left behind, no run left RUNNING, and running the study again resumes into
+    the same run."""
     study = tmp_path / "short.yaml"
     study.write_text(
         json.dumps({"name": "short", "sweep": {"masking.ratio": [0.75]}, "evaluations": []})
@@ -148,6 +154,7 @@ def test_an_interrupt_cancels_the_running_jobs_and_a_rerun_resumes_them(tmp_path
         command,
         env=env,
         start_new_session=True,  # a process group of its own, as a shell gives a command
+        preexec_fn=_ignore_sigint if how == "sigterm-background" else None,
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
