@@ -23,6 +23,7 @@ from mae.data.augment import (
     pretrain_transform,
 )
 from mae.data.sources import (
+    DataMissingError,
     ImageSource,
     RawSplits,
     SourceKey,
@@ -32,6 +33,7 @@ from mae.data.sources import (
 )
 from mae.data.splits import subset_indices, train_val_indices
 from mae.data.stats import source_stats
+from mae.schema import ConfigError
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class _Plan:
     root: str | None
     side: int
     channels: int
+    section: str = "data"  # the config section that names `dataset`
 
 
 def _plan(cfg: ExperimentConfig, stage: str) -> _Plan:
@@ -89,14 +92,18 @@ def _plan(cfg: ExperimentConfig, stage: str) -> _Plan:
     section: EvalCommon = getattr(cfg, stage)
     dataset = section.dataset or cfg.data.dataset
     root = section.root or (cfg.data.root if dataset == cfg.data.dataset else None)
-    return _Plan(dataset, root, section.image_size or cfg.image_side, cfg.image_channels)
+    named_in = stage if section.dataset else "data"
+    return _Plan(dataset, root, section.image_size or cfg.image_side, cfg.image_channels, named_in)
 
 
-def check_stage_data(cfg: ExperimentConfig, stage: str) -> None:
-    """Raise DataMissingError where the data `stage` reads is not on disk (a tokenizer reads the
-    pre-training set)."""
+def check_stage_data(cfg: ExperimentConfig, stage: str, source: str) -> None:
+    """Raise ConfigError (from `source`, naming the key) where the data `stage` reads is not on
+    disk (a tokenizer reads the pre-training set)."""
     plan = _plan(cfg, "pretrain" if stage == "tokenizer" else stage)
-    check_available(plan.dataset, plan.root)
+    try:
+        check_available(plan.dataset, plan.root)
+    except DataMissingError as exc:
+        raise ConfigError(source, f"{plan.section}.dataset", plan.dataset, str(exc)) from None
 
 
 def _key(cfg: ExperimentConfig, plan: _Plan) -> SourceKey:

@@ -26,10 +26,8 @@ from submitit.local.debug import DebugJob
 from submitit.slurm.slurm import SlurmJob
 
 from mae import track
-from mae.config import EVAL_STAGES
 from mae.jobs import JobSpec, Worker, close_abandoned, job_for, one_line
 from mae.paths import runs_dir as default_runs_dir
-from mae.schema import ConfigError
 from mae.sweep.plan import Plan, PlannedRun, stage_noun
 from mae.sweep.profile import (
     IN_PROCESS,
@@ -97,15 +95,9 @@ def check_data(runs: Iterable[PlannedRun]) -> None:
     """Refuse runs whose data set is not on disk before any job starts: otherwise each job fails
     on it after its start-up, and every failed run then waits for --retry-failed."""
     from mae.data.sets import check_stage_data  # torch: paid only when jobs start here
-    from mae.data.sources import DataMissingError
 
     for run in runs:
-        try:
-            check_stage_data(run.config, run.stage)
-        except DataMissingError as exc:
-            own = getattr(run.config, run.stage).dataset if run.stage in EVAL_STAGES else None
-            key = f"{run.stage}.dataset" if own else "data.dataset"
-            raise ConfigError(run.name, key, own or run.config.data.dataset, str(exc)) from None
+        check_stage_data(run.config, run.stage, run.name)
 
 
 def workdir_for(runs_root: Path, scale: str, stage: str, key: str) -> Path:
