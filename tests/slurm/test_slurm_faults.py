@@ -11,6 +11,7 @@ import signal
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -118,18 +119,22 @@ def test_a_job_at_its_time_limit_is_requeued_by_submitit_and_finishes(
     sets = ["pretrain.epochs=150", "runtime.recon_images=0"]
     profile = dev_profile(tmp_path / "jobs", timeout_min=2, signal_delay_s=20, max_num_timeout=30)
     plan = one_pretraining(tracking_uri, sets)
-    report = Launch(plan, profile, tracking_uri, tmp_path).report(timeout=2000)
+    # The uninterrupted reference trains meanwhile, in this process (the job runs on the node).
+    uninterrupted = f"sqlite:///{tmp_path / 'reference.db'}"
+    with ThreadPoolExecutor(1) as pool:
+        reference_ok = pool.submit(
+            launch,
+            one_pretraining(uninterrupted, sets),
+            "debug",
+            tracking_uri=uninterrupted,
+            runs_dir=tmp_path / "ref",
+        )
+        report = Launch(plan, profile, tracking_uri, tmp_path).report(timeout=2000)
+        assert reference_ok.result().ok
 
     final = the_run(tracking_uri)
     assert report.ok and final["status"] == "FINISHED"
     assert int(final["tags.slurm_restart_count"]) >= 1  # it did reach its limit
-    uninterrupted = f"sqlite:///{tmp_path / 'reference.db'}"
-    assert launch(
-        one_pretraining(uninterrupted, sets),
-        "debug",
-        tracking_uri=uninterrupted,
-        runs_dir=tmp_path / "ref",
-    ).ok
     assert (
         final["metrics.final/pretrain/loss"]
         == the_run(uninterrupted)["metrics.final/pretrain/loss"]
