@@ -22,12 +22,18 @@ demo: $(VENV) data
 	$(PY) studies/run.py demo
 	$(PY) analysis/make_tables.py --only fig5
 
+# Two pytest workers (pytest-xdist), each taking a whole test module at a time, the Slurm tests as
+# one group (tests/conftest.py): run one after another the tests kept 0.75 of the 2 cores busy.
+# TEST_WORKERS=0 runs them in one process (e.g. to see a test's prints with -s).
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+
 test: $(VENV)
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 # The unit tests without the slow ones: what a developer runs every few minutes.
 test-fast: $(VENV)
-	$(PY) -m pytest -q -m "not slow" tests/unit
+	$(PYTEST) -m "not slow" tests/unit
 
 lint: $(VENV)
 	$(PY) -m ruff check mae studies analysis benchmarks tests
