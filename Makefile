@@ -23,7 +23,7 @@ demo: $(VENV) data
 	$(PY) analysis/make_tables.py --only fig5
 
 # Two pytest workers (pytest-xdist), each taking a whole test module at a time, the Slurm tests as
-# one group (tests/conftest.py): run one after another the tests kept 0.75 of the 2 cores busy.
+# one group (tests/conftest.py): on CI 27.8 min against 41.5 in one process (docs/benchmarks.md).
 # TEST_WORKERS=0 runs them in one process (e.g. to see a test's prints with -s).
 TEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder

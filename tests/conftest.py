@@ -62,7 +62,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Groups for `make test`'s two workers (`--dist loadgroup`): a module's tests run on one
     worker, in order, so its module and session fixtures are built once; every Slurm test is in
     one group, since the one-node dev cluster runs one test's jobs at a time. The Slurm group goes
-    first: it is the longest and mostly waits, so the other worker does the rest meanwhile."""
+    first: it is the longest (~15 min on CI), and the other worker does the rest meanwhile."""
     for item in items:
         slurm = item.get_closest_marker("slurm") is not None
         item.add_marker(pytest.mark.xdist_group("slurm" if slurm else item.module.__name__))

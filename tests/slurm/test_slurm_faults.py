@@ -108,9 +108,7 @@ def test_an_outside_requeue_resumes_into_the_same_run(tracking_uri, tmp_path, re
 
 
 @pytest.mark.timeout(2400)  # a few lives of a minute each, longer when the machine is busy
-def test_a_job_at_its_time_limit_is_requeued_by_submitit_and_finishes(
-    tracking_uri, tmp_path, reference
-):
+def test_a_job_at_its_time_limit_is_requeued_by_submitit_and_finishes(tracking_uri, tmp_path):
     """A 2-minute limit: USR2 before it, a checkpoint and a requeue, until the work is done."""
     # 150 micro epochs (not a paper label: 100 would map to micro's 2) take ~150 s on a quiet
     # machine, ~600 s on a busy one: past the USR2 at 100 s either way. Each life loses its
@@ -122,7 +120,7 @@ def test_a_job_at_its_time_limit_is_requeued_by_submitit_and_finishes(
     # The uninterrupted reference trains meanwhile, in this process (the job runs on the node).
     uninterrupted = f"sqlite:///{tmp_path / 'reference.db'}"
     with ThreadPoolExecutor(1) as pool:
-        reference_ok = pool.submit(
+        never_interrupted = pool.submit(
             launch,
             one_pretraining(uninterrupted, sets),
             "debug",
@@ -130,7 +128,7 @@ def test_a_job_at_its_time_limit_is_requeued_by_submitit_and_finishes(
             runs_dir=tmp_path / "ref",
         )
         report = Launch(plan, profile, tracking_uri, tmp_path).report(timeout=2000)
-        assert reference_ok.result().ok
+        assert never_interrupted.result().ok
 
     final = the_run(tracking_uri)
     assert report.ok and final["status"] == "FINISHED"
