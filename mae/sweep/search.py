@@ -44,6 +44,7 @@ from mae.sweep.search_record import (
 )
 from mae.sweep.search_spec import Choices, SearchSpec, field_kind
 from mae.sweep.search_study import (
+    beat_for_running,
     build_storage,
     fail_and_retry,
     fail_stale_trials,
@@ -407,6 +408,7 @@ def _trials_and_tests(
 ) -> SearchOutcome:
     if retry_failed and (released := release_orphans(study, sp)):
         log.info("%d RUNNING trial(s) failed and re-enqueued (--retry-failed)", released)
+    beat_for_running(sp.storage_url, sp.study_name, sp.spec.heartbeat)
     problem = run_trials(sp, study, how, experiment_id, parent)
     reconcile(sp, study, experiment_id, parent)
     if problem is None and not trial_counts(study)["COMPLETE"]:

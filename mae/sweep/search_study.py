@@ -10,6 +10,7 @@ its checkpoint (`RetryHeartbeatStaleTrialCallback`); journal files have no heart
 from __future__ import annotations
 
 import hashlib
+import time
 import warnings
 from collections import Counter
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ from mae.sweep.search_spec import Choices, Heartbeat, Pruner, Range, Sampler, gr
 
 JOURNAL = "journal:"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+SCHEMA_ATTEMPTS = 3  # opening a new RDB storage while another process creates its schema
 SQLITE_TIMEOUT_S = 60  # workers writing one SQLite file wait for each other's locks this long
 
 
@@ -84,13 +86,15 @@ def build_storage(url: str, heartbeat: Heartbeat) -> optuna.storages.BaseStorage
     engine = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {}
     with warnings.catch_warnings():  # heartbeats are experimental in Optuna
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            return _rdb_storage(url, engine, heartbeat)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
-            # Another process (a worker, the dashboard) created the schema at the same moment:
-            # Optuna checks for the tables, then creates them, and the slower one fails. The
-            # second look finds them.
-            return _rdb_storage(url, engine, heartbeat)
+        for _ in range(SCHEMA_ATTEMPTS - 1):
+            try:
+                return _rdb_storage(url, engine, heartbeat)
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+                # Another process (a worker, the dashboard) created the schema at the same
+                # moment: Optuna checks for the tables, then creates them, and the slower one
+                # fails. A later look finds them (one look at once was not always late enough).
+                time.sleep(0.5)
+        return _rdb_storage(url, engine, heartbeat)
 
 
 def _rdb_storage(url: str, engine: dict[str, Any], heartbeat: Heartbeat) -> RDBStorage:
@@ -211,6 +215,24 @@ def fail_stale_trials(study: optuna.Study) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+
+
+def beat_for_running(url: str, name: str, heartbeat: Heartbeat) -> int:
+    """Optuna counts a RUNNING trial stale only once it has a heartbeat, and a worker records its
+    first one just after asking for the trial: a worker killed in between leaves the trial
+    RUNNING for good. Beating once for every RUNNING trial when a launch starts gives such a
+    trial a heartbeat that then goes stale after the grace; a live worker's own beats go on.
+    Returns how many trials it beat for."""
+    if not has_heartbeat(url):
+        return 0
+    storage = build_storage(url, heartbeat)
+    study_id = storage.get_study_id_from_name(name)
+    running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in running:
+        storage.record_heartbeat(
+            storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        )
+    return len(running)
 
 
 def existing_study(url: str, name: str, heartbeat: Heartbeat) -> optuna.Study | None:

@@ -6,10 +6,14 @@ one file."""
 from __future__ import annotations
 
 import multiprocessing
+import time
 from pathlib import Path
 
+import optuna
+from optuna.trial import TrialState
+
 from mae.sweep.search_spec import Heartbeat
-from mae.sweep.search_study import build_storage
+from mae.sweep.search_study import beat_for_running, build_storage, fail_stale_trials
 
 ROUNDS = 3  # without the fix a round fails 5 times in 6: three rounds miss it 1 time in 200
 
@@ -30,3 +34,23 @@ def test_two_processes_creating_one_storage_at_once_both_succeed(tmp_path: Path)
         for process in processes:
             process.join(timeout=120)
         assert [p.exitcode for p in processes] == [0, 0], f"round {round_}"
+
+
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_goes_stale_after_a_launch(
+    tmp_path: Path,
+) -> None:
+    """Optuna alone never fails a RUNNING trial without a heartbeat (its worker was killed
+    between asking for it and its first beat, as the killed search test once caught on CI); a
+    launch beats once for it, and after the grace it is failed and enqueued again."""
+    heartbeat = Heartbeat(interval=1, grace=1, max_retry=1)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=build_storage(url, heartbeat))
+    study.ask()  # RUNNING, and no worker ever beats for it
+    time.sleep(2.5)  # SQLite's clock counts whole seconds
+    fail_stale_trials(study)
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING]  # stuck
+
+    assert beat_for_running(url, "s", heartbeat) == 1
+    time.sleep(2.5)
+    fail_stale_trials(study)
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
