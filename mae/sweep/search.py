@@ -263,15 +263,20 @@ def launched(report: LaunchReport) -> LaunchReport:
 
 
 def open_study(sp: SearchPlan) -> optuna.Study:
-    """Create the storage and the study once, before any worker joins it."""
+    """Create the storage and the study once, before any worker joins it, and beat once for the
+    trials an earlier launch left RUNNING (`beat_for_running`)."""
     if sp.storage_url.startswith("journal:"):
         Path(sp.storage_url.removeprefix("journal:")).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.create_study(
-        storage=build_storage(sp.storage_url, sp.spec.heartbeat),
+    storage = build_storage(sp.storage_url, sp.spec.heartbeat)
+    study = optuna.create_study(
+        storage=storage,
         study_name=sp.study_name,
         direction=sp.spec.direction,
         load_if_exists=True,
     )
+    if has_heartbeat(sp.storage_url):
+        beat_for_running(storage, sp.study_name)
+    return study
 
 
 def workers(
@@ -408,7 +413,6 @@ def _trials_and_tests(
 ) -> SearchOutcome:
     if retry_failed and (released := release_orphans(study, sp)):
         log.info("%d RUNNING trial(s) failed and re-enqueued (--retry-failed)", released)
-    beat_for_running(sp.storage_url, sp.study_name, sp.spec.heartbeat)
     problem = run_trials(sp, study, how, experiment_id, parent)
     reconcile(sp, study, experiment_id, parent)
     if problem is None and not trial_counts(study)["COMPLETE"]:

@@ -217,15 +217,12 @@ def fail_stale_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def beat_for_running(url: str, name: str, heartbeat: Heartbeat) -> int:
+def beat_for_running(storage: RDBStorage, name: str) -> int:
     """Optuna counts a RUNNING trial stale only once it has a heartbeat, and a worker records its
     first one just after asking for the trial: a worker killed in between leaves the trial
     RUNNING for good. Beating once for every RUNNING trial when a launch starts gives such a
     trial a heartbeat that then goes stale after the grace; a live worker's own beats go on.
     Returns how many trials it beat for."""
-    if not has_heartbeat(url):
-        return 0
-    storage = build_storage(url, heartbeat)
     study_id = storage.get_study_id_from_name(name)
     running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
     for trial in running:

@@ -44,13 +44,14 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_goes_stale_after_a
     launch beats once for it, and after the grace it is failed and enqueued again."""
     heartbeat = Heartbeat(interval=1, grace=1, max_retry=1)
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    study = optuna.create_study(study_name="s", storage=build_storage(url, heartbeat))
+    storage = build_storage(url, heartbeat)
+    study = optuna.create_study(study_name="s", storage=storage)
     study.ask()  # RUNNING, and no worker ever beats for it
     time.sleep(2.5)  # SQLite's clock counts whole seconds
     fail_stale_trials(study)
     assert [t.state for t in study.get_trials()] == [TrialState.RUNNING]  # stuck
 
-    assert beat_for_running(url, "s", heartbeat) == 1
+    assert beat_for_running(storage, "s") == 1
     time.sleep(2.5)
     fail_stale_trials(study)
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
