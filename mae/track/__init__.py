@@ -7,6 +7,9 @@ jobs, the planner and the report can talk to several runs and stores from one pr
 Every call goes through `mae.track.patience.PatientClient`: in jobs, a store that goes away
 (a server restarted, a database failing over, a busy SQLite file) is waited for, for a bounded
 time, before the call fails with the store's URI.
+
+MLflow and pandas are imported by the functions that use them, not here: planning a study on a SQL
+store reads it through `mae.track.tables` and never pays their imports (about 4 s and 0.6 s).
 """
 
 from __future__ import annotations
@@ -21,17 +24,17 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
-import sqlalchemy
-from mlflow.entities import Metric, Param, Run, RunTag, ViewType
-from mlflow.exceptions import MlflowException
+from typing import TYPE_CHECKING, Any
 
 from mae.paths import project_root, sqlite_path
+from mae.track import tables
 from mae.track.patience import PATIENCE_ENV as PATIENCE_ENV
 from mae.track.patience import PatientClient, TrackingError
 from mae.track.patience import be_patient as be_patient
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow.entities import Run
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,6 @@ class RunRecord:
     stage: str | None
     study: str | None
     tags: dict[str, str] = field(default_factory=dict)
-    params: dict[str, str] = field(default_factory=dict)
     start_time: int = 0  # ms since the epoch
 
 
@@ -113,11 +115,10 @@ def _client(uri: str) -> PatientClient:
 @contextmanager
 def _store_errors(uri: str) -> Iterator[None]:
     """First contact with a store: whatever MLflow, SQLAlchemy or the network raise becomes one
-    TrackingError line that the CLIs print before exiting with 2."""
+    TrackingError line that the CLIs print before exiting with 2 (an MlflowException's text is
+    its message)."""
     try:
         yield
-    except MlflowException as exc:
-        raise TrackingError(f"cannot use tracking store {uri}: {exc.message}") from None
     except Exception as exc:
         raise TrackingError(f"cannot use tracking store {uri}: {exc}") from None
 
@@ -125,6 +126,8 @@ def _store_errors(uri: str) -> Iterator[None]:
 def init_store(uri: str, scale: str) -> str:
     """Create the store's schema and the scale's experiment (once, before any job starts: fresh
     SQLite stores race on schema migration) and return the experiment id."""
+    from mlflow.exceptions import MlflowException
+
     _check_reachable(uri)
     db = sqlite_path(uri)
     if db is not None and not db.resolve().parent.is_dir():
@@ -150,6 +153,8 @@ def find_experiment(uri: str, scale: str) -> str | None:
     """The scale's experiment id, or None when nothing was ever tracked for it."""
     _check_reachable(uri)
     with _store_errors(uri):
+        if _is_sql(uri):
+            return tables.experiment_id(uri, experiment_name(scale))
         experiment = _client(uri).get_experiment_by_name(experiment_name(scale))
     return experiment.experiment_id if experiment is not None else None
 
@@ -168,6 +173,8 @@ def tracked_scales(uri: str) -> list[str]:
 
 
 def _search(uri: str, experiment_ids: list[str], filter_string: str = "") -> list[Run]:
+    from mlflow.entities import ViewType
+
     client, runs, token = _client(uri), [], None
     while True:
         page = client.search_runs(
@@ -192,32 +199,15 @@ def _record(run: Run) -> RunRecord:
         stage=tags.get("stage"),
         study=tags.get("study"),
         tags=tags,
-        params=dict(run.data.params),
         start_time=run.info.start_time or 0,
     )
 
 
-def _records(frame: pd.DataFrame) -> list[RunRecord]:
-    """RunRecords from the rows of `_frame_from_sql`."""
-    records = []
-    for row in frame.to_dict("records"):
-        tags = {k[5:]: v for k, v in row.items() if k.startswith("tags.") and isinstance(v, str)}
-        params = {
-            k[7:]: v for k, v in row.items() if k.startswith("params.") and isinstance(v, str)
-        }
-        records.append(
-            RunRecord(
-                run_id=row["run_id"],
-                key=tags.get("content_key", ""),
-                status=row["status"],
-                stage=tags.get("stage"),
-                study=tags.get("study"),
-                tags=tags,
-                params=params,
-                start_time=int(row["start_time"] or 0),
-            )
-        )
-    return records
+def _keyed_record(run: dict[str, Any]) -> RunRecord:
+    tags = run["tags"]
+    return RunRecord(
+        key=tags.get("content_key", ""), stage=tags.get("stage"), study=tags.get("study"), **run
+    )
 
 
 def _preferred(a: RunRecord, b: RunRecord) -> RunRecord:
@@ -231,8 +221,8 @@ def find_runs(uri: str, experiment_id: str, keys: Iterable[str]) -> dict[str, Ru
     """Existing runs by content key (tag `content_key`); keys without a run are absent.
 
     MLflow's search grammar has no IN for tags, so a few keys are one equality query each and
-    many keys are one read of the experiment (the fast SQL read where the store is a database),
-    filtered here.
+    many keys are one read of the experiment, filtered here; where the store is a database, many
+    keys are one SQL read of just their runs (`tables.keyed_runs`).
     """
     wanted = set(keys)
     if not wanted:
@@ -244,7 +234,7 @@ def find_runs(uri: str, experiment_id: str, keys: Iterable[str]) -> dict[str, Ru
             for run in _search(uri, [experiment_id], f"tags.content_key = '{key}'")
         ]
     elif _is_sql(uri):
-        records = _records(_frame_from_sql(uri, experiment_id))
+        records = [_keyed_record(run) for run in tables.keyed_runs(uri, experiment_id, wanted)]
     else:
         records = [_record(run) for run in _search(uri, [experiment_id])]
     found: dict[str, RunRecord] = {}
@@ -278,6 +268,8 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 
 
 def _log_params(client: PatientClient, run_id: str, params: Mapping[str, str]) -> None:
+    from mlflow.entities import Param
+
     entries = [Param(k, v) for k, v in params.items()]
     for chunk in _chunks(entries, PARAM_BATCH):
         client.log_batch(run_id, params=chunk)
@@ -301,6 +293,8 @@ def open_run(
     Params are immutable in MLflow: on resume only params the run lacks are added, and values
     that differ from the logged ones are reported, not re-logged.
     """
+    from mlflow.entities import RunTag
+
     client = _client(uri)
     all_tags = {
         **{k: str(v) for k, v in tags.items()},
@@ -351,6 +345,8 @@ class MlflowLogger:
         self._client = _client(uri)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
         entries = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         for chunk in _chunks(entries, METRIC_BATCH):
@@ -365,6 +361,8 @@ class MlflowLogger:
         self.log_metrics({f"final/{k}": v for k, v in metrics.items()}, step)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
         self._client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
@@ -397,76 +395,24 @@ def _is_sql(uri: str) -> bool:
 
 
 def _frame_from_search(uri: str, experiment_id: str) -> pd.DataFrame:
+    import pandas as pd
+
     runs = _search(uri, [experiment_id])
     columns = None if runs else [c for c in BASE_COLUMNS if c != "duration_s"]
     return pd.DataFrame([_row(run) for run in runs], columns=columns)
-
-
-def _frame_from_sql(uri: str, experiment_id: str) -> pd.DataFrame:
-    """The same rows as search_runs, read from MLflow's own table models in four SELECTs.
-
-    search_runs materialises one ORM object per param, tag and metric (about 3 s for 1,000 runs
-    of 130 params each); plain DB-API rows read straight into pandas take a tenth of that.
-    """
-    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlParam, SqlRun, SqlTag
-
-    active = (SqlRun.experiment_id == int(experiment_id)) & (SqlRun.lifecycle_stage == "active")
-    run_columns = (SqlRun.run_uuid, SqlRun.name, SqlRun.status, SqlRun.start_time, SqlRun.end_time)
-    engine = sqlalchemy.create_engine(uri)
-    try:
-        runs = _read(engine, sqlalchemy.select(*run_columns).where(active))
-        runs.columns = ["run_id", "run_name", "status", "start_time", "end_time"]
-        runs = runs.set_index("run_id")
-        for prefix, model in (
-            ("tags.", SqlTag),
-            ("params.", SqlParam),
-            ("metrics.", SqlLatestMetric),
-        ):
-            extra = (model.is_nan,) if model is SqlLatestMetric else ()
-            rows = _read(
-                engine,
-                sqlalchemy.select(model.run_uuid, model.key, model.value, *extra)
-                .join(SqlRun, SqlRun.run_uuid == model.run_uuid)
-                .where(active),
-            )
-            if extra:  # MLflow stores NaN as is_nan with a placeholder value
-                rows["value"] = rows["value"].astype(float).mask(rows["is_nan"].astype(bool))
-            runs = runs.join(_wide(rows, prefix))
-    finally:
-        engine.dispose()
-    return runs.sort_values("start_time", ascending=False).reset_index()
-
-
-def _read(engine: sqlalchemy.Engine, statement: sqlalchemy.Select) -> pd.DataFrame:
-    """Rows of a SELECT through the bare DB-API cursor (SQLAlchemy's Row objects cost more than
-    the query). Its only bound values are the experiment id and a constant, inlined."""
-    sql = str(statement.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
-    connection = engine.raw_connection()
-    try:
-        cursor = connection.cursor()
-        cursor.execute(sql)
-        names = [column[0] for column in cursor.description]
-        return pd.DataFrame(cursor.fetchall(), columns=names)
-    finally:
-        connection.close()
-
-
-def _wide(rows: pd.DataFrame, prefix: str) -> pd.DataFrame:
-    """(run_uuid, key, value) rows -> one column per key."""
-    wide = rows.pivot(index="run_uuid", columns="key", values="value").add_prefix(prefix)
-    wide.columns.name = None
-    return wide
 
 
 def runs_frame(uri: str, scale: str, stages: Iterable[str] | None = None) -> pd.DataFrame:
     """One row per run of the scale's experiment: run_id, run_name, status, start/end time (UTC),
     duration_s, and `tags.*`, `params.*`, `metrics.*` columns (latest values; results are under
     `metrics.final/...`). SQL stores are read in four queries, others with one paged search_runs."""
+    import pandas as pd
+
     experiment_id = find_experiment(uri, scale)
     if experiment_id is None:
         frame = pd.DataFrame(columns=[c for c in BASE_COLUMNS if c != "duration_s"])
     elif _is_sql(uri):
-        frame = _frame_from_sql(uri, experiment_id)
+        frame = tables.runs(uri, experiment_id)
     else:
         frame = _frame_from_search(uri, experiment_id)
     if stages is not None:

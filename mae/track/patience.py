@@ -14,9 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import mlflow
 import sqlalchemy
-from mlflow.exceptions import MlflowException
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +46,8 @@ def be_patient() -> None:
 def _transient(exc: Exception) -> bool:
     """Worth retrying: no answer, or a 5xx one (MLflow reports a connection error, a server that
     is down and a locked or unreachable database as 5xx codes); 4xx are the caller's mistakes."""
+    from mlflow.exceptions import MlflowException  # loaded already: a client raised `exc`
+
     if isinstance(exc, MlflowException):
         return exc.get_http_status_code() >= 500
     return isinstance(exc, OSError | sqlalchemy.exc.OperationalError)
@@ -88,6 +88,8 @@ class PatientClient:
     """An MlflowClient whose every call waits out a store that went away (`_patiently`)."""
 
     def __init__(self, uri: str):
+        import mlflow  # here, not at the top: reading a SQL store does without it (mae.track)
+
         self._uri, self._client = uri, mlflow.MlflowClient(tracking_uri=uri)
 
     def __getattr__(self, name: str) -> Any:

@@ -79,6 +79,42 @@ def test_dry_run_shows_statuses_from_the_store(
     assert run.key[:12] in row and "finished" in row and "someone_else" in row
 
 
+def test_a_dry_run_reads_a_sql_store_without_importing_mlflow(tracking_uri: str) -> None:
+    """Planning reads a database store with SQL alone: importing MLflow (about 4 s) and pandas
+    would be most of the time of planning a 1,000-run study (docs/benchmarks.md)."""
+    from mae.sweep.plan import plan_study
+    from mae.sweep.scale import load_scale
+    from mae.sweep.spec import load_study
+
+    plan = plan_study(load_study("mask_ratio_sweep"), load_scale("micro"))
+    assert len(plan.runs) > track.KEYS_PER_QUERY_LIMIT  # the one-read path, not a query per key
+    run = plan.runs[3]
+    experiment = track.init_store(tracking_uri, "micro")
+    run_id = track.open_run(
+        tracking_uri,
+        experiment,
+        key=run.key,
+        stage=run.stage,
+        run_name=run.name,
+        params={},
+        tags={},
+    )
+    track.finish_run(tracking_uri, run_id)
+    code = (
+        "import sys; from mae.sweep import cli; "
+        "code = cli.main(['mask_ratio_sweep', '--scale', 'micro', '--dry-run', "
+        f"'--tracking-uri', {tracking_uri!r}]); "
+        "print('imported', [m for m in ('mlflow', 'pandas') if m in sys.modules], code)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    ).stdout
+    assert out.splitlines()[-1] == "imported [] 0"
+    row = next(line for line in out.splitlines() if line.startswith(run.name))
+    assert run.key[:12] in row and "finished" in row
+    assert "30 runs (1 finished, 29 new)" in out
+
+
 def fake_launch(report: LaunchReport, calls: list[dict]):
     def launch(plan, **kwargs):
         calls.append({"plan": plan, **kwargs})

@@ -82,6 +82,15 @@ def test_init_store_creates_experiment_once_with_artifacts_beside_db(tmp_path, e
     assert track.tracked_scales(uri) == ["micro", "tiny"]
 
 
+def test_find_experiment_reads_a_database_without_mlflow_schema_as_empty(tmp_path):
+    """The SQL read (planning, the report) finds nothing in a file MLflow never wrote to, and,
+    unlike opening MLflow's store, leaves it as it was."""
+    db = tmp_path / "mlruns.db"
+    db.touch()
+    assert track.find_experiment(f"sqlite:///{db}", "tiny") is None
+    assert db.stat().st_size == 0
+
+
 def test_init_store_creates_the_schema_of_a_fresh_file(empty_db):
     tables = sqlite3.connect(empty_db).execute("SELECT name FROM sqlite_master").fetchall()
     assert {"runs", "params", "tags", "latest_metrics", "experiments"} <= {t[0] for t in tables}
@@ -195,14 +204,12 @@ def test_find_runs_prefers_finished_then_newest(store):
     client.create_run(experiment_id, tags={"content_key": "a", "stage": "pretrain"})  # running
     only_failed = client.create_run(experiment_id, tags={"content_key": "b", "study": "s"})
     client.set_terminated(only_failed.info.run_id, "FAILED")
-    client.log_param(done_new.info.run_id, "masking.ratio", "0.75")
     many = ["a", "b"] + [f"absent{i}" for i in range(track.KEYS_PER_QUERY_LIMIT + 1)]
     few = track.find_runs(uri, experiment_id, ["a", "b", "c"])  # one query per key
     assert track.find_runs(uri, experiment_id, many) == few  # one SQL read of the experiment
     assert set(few) == {"a", "b"}
     assert few["a"].run_id == done_new.info.run_id
     assert few["a"].status == "FINISHED" and few["a"].stage == "pretrain"
-    assert few["a"].params == {"masking.ratio": "0.75"}
     assert few["a"].tags["content_key"] == "a" and few["a"].start_time > 0
     assert few["b"].status == "FAILED" and few["b"].study == "s"
     assert track.find_runs(uri, experiment_id, []) == {}
@@ -243,7 +250,7 @@ def test_runs_frame_sql_path_equals_search_runs(store):
         track.finish_run(uri, run_id, "FINISHED" if i else "FAILED")
     deleted = _open(uri, experiment_id, "gone")
     mlflow.MlflowClient(uri).delete_run(deleted)
-    fast = track._frame_from_sql(uri, experiment_id)
+    fast = track.tables.runs(uri, experiment_id)
     slow = track._frame_from_search(uri, experiment_id)
     assert len(fast) == 3
     assert sorted(fast.columns) == sorted(slow.columns)
