@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import mlflow
@@ -21,10 +22,13 @@ from mlflow.entities import Metric, Param
 from benchmarks.common import LoadProbe, Part
 from mae.config import TABLE_AXES, ExperimentConfig, flatten_config
 from mae.report.definitions import DEFINITIONS, TABLE1_DEFAULTS
+from mae.sweep.plan import plan_study
+from mae.sweep.scale import load_scale
+from mae.sweep.spec import load_study
 from mae.track import init_store
 
 ROOT = Path(__file__).resolve().parent.parent
-SCALE = "bench"
+SCALE = "tiny"  # the planned study's scale, so that planning reads the 1,000 runs
 RUNS_PER_SEED = 30  # mask_ratio_sweep: 10 pre-trainings, each fine-tuned and probed
 
 
@@ -44,9 +48,17 @@ def _label_sets() -> list[dict]:
     return cells
 
 
-def build_store(uri: str, runs: int) -> None:
+def planned_keys(seeds: list[int]) -> list[str]:
+    """The content keys of the planned study, in plan order."""
+    spec = load_study("mask_ratio_sweep")
+    return [run.key for run in plan_study(spec, load_scale(spec.scale), seeds=seeds).runs]
+
+
+def build_store(uri: str, runs: int, keys: Sequence[str] = ()) -> None:
     """A SQLite store whose `runs` finished runs fill every table and figure over several seeds,
-    each with the full flattened config and the paper labels as params."""
+    each with the full flattened config and the paper labels as params. The first runs carry
+    `keys` as content keys, so that planning the study of those keys finds and reads them all
+    (as when a study is planned again after it ran)."""
     experiment_id = init_store(uri, SCALE)
     client = mlflow.MlflowClient(uri)
     base = flatten_config(ExperimentConfig())
@@ -60,7 +72,8 @@ def build_store(uri: str, runs: int) -> None:
         params["pretrain.seed"] = str(seed)
         if "partial.blocks" in labels:
             params["partial.blocks"] = str(float(labels["partial.blocks"]))
-        tags = {"content_key": f"bench-{index}", "stage": stage, "study": "bench", "scale": SCALE}
+        key = keys[index] if index < len(keys) else f"bench-{index}"
+        tags = {"content_key": key, "stage": stage, "study": "bench", "scale": SCALE}
         run = client.create_run(
             experiment_id, start_time=now + index, tags=tags, run_name=f"{stage}-{index}"
         )
@@ -91,12 +104,13 @@ def timed(command: list[str], reps: int) -> tuple[float, float]:
 
 def run_sweep(args: argparse.Namespace) -> Part:
     runs = 6 if args.smallest else args.runs
-    seeds = ",".join(map(str, range(math.ceil(runs / RUNS_PER_SEED))))
+    seed_list = list(range(math.ceil(runs / RUNS_PER_SEED)))
+    seeds = ",".join(map(str, seed_list))
     part = Part("sweep", f"Sweep overhead: planning and tables at about {runs} runs")
     with tempfile.TemporaryDirectory(prefix="mae-bench-sweep-") as tmp, LoadProbe() as probe:
         uri = f"sqlite:///{Path(tmp) / 'mlruns.db'}"
         started = time.perf_counter()
-        build_store(uri, runs)
+        build_store(uri, runs, planned_keys(seed_list))
         built_s = time.perf_counter() - started
         plan = [sys.executable, "studies/run.py", "mask_ratio_sweep", "--seeds", seeds]
         plan += ["--dry-run", "--tracking-uri", uri]
