@@ -46,7 +46,7 @@ def be_patient() -> None:
 def _transient(exc: Exception) -> bool:
     """Worth retrying: no answer, or a 5xx one (MLflow reports a connection error, a server that
     is down and a locked or unreachable database as 5xx codes); 4xx are the caller's mistakes."""
-    from mlflow.exceptions import MlflowException  # loaded already: a client raised `exc`
+    from mlflow.exceptions import MlflowException  # here: SQL reads (mae.track.tables) go without
 
     if isinstance(exc, MlflowException):
         return exc.get_http_status_code() >= 500

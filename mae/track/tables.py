@@ -71,11 +71,9 @@ def keyed_runs(uri: str, experiment_id: str, keys: Collection[str]) -> list[dict
             ),
         )
         found = {
-            run_id: {"run_id": run_id, "status": status, "start_time": int(start or 0)}
+            run_id: {"run_id": run_id, "status": status, "start_time": int(start or 0), "tags": {}}
             for run_id, status, start in statuses
         }
-        for run in found.values():
-            run["tags"] = {}
         tags = sqlalchemy.select(TAGS.c.run_uuid, TAGS.c.key, TAGS.c.value)
         for run_id, key, value in _fetch(engine, tags.where(TAGS.c.run_uuid.in_(keyed))):
             found[run_id]["tags"][key] = value
@@ -88,8 +86,7 @@ def runs(uri: str, experiment_id: str) -> pd.DataFrame:
     """The experiment's active runs as search_runs gives them, in four SELECTs: run_id, run_name,
     status, start_time, end_time (ms) and `tags.*`, `params.*`, `metrics.*` (latest values)."""
     active = _active(experiment_id)
-    run_columns = [RUNS.c[name] for name in ("run_uuid", "name", "status")]
-    run_columns += [RUNS.c.start_time, RUNS.c.end_time]
+    run_columns = (RUNS.c.run_uuid, RUNS.c.name, RUNS.c.status, RUNS.c.start_time, RUNS.c.end_time)
     engine = sqlalchemy.create_engine(uri)
     try:
         frame = _read(engine, sqlalchemy.select(*run_columns).where(active))
