@@ -5,10 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+from mae import track
 from mae.model import MaskedAutoencoder
+
+if TYPE_CHECKING:
+    from mae.sweep.plan import PlannedRun
 
 # A micro search for the local and Slurm tests: a linear probe, whose epochs take a second at
 # micro and whose accuracy moves with the learning rate (more so at batch 32: more steps per
@@ -68,3 +73,26 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
         running += step
         peak = max(peak, running)
     return peak
+
+
+def tracked_run(
+    uri: str,
+    experiment_id: str,
+    run: PlannedRun,
+    status: str | None = "FINISHED",
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """A planned run as a job leaves it in the store: opened under its key, then ended with
+    `status` (None: left RUNNING, as an interrupted job); returns its run id."""
+    run_id = track.open_run(
+        uri,
+        experiment_id,
+        key=run.key,
+        stage=run.stage,
+        run_name=run.name,
+        params={},
+        tags=dict(tags or {}),
+    )
+    if status:
+        track.finish_run(uri, run_id, status)
+    return run_id

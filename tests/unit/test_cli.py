@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import tracked_run
 
 from mae import track
 from mae.paths import project_root
@@ -63,17 +64,9 @@ def test_dry_run_shows_statuses_from_the_store(
 
     plan = plan_study(load_study("wallclock"), load_scale("micro"))
     run = next(r for r in plan.runs if r.stage == "pretrain")
-    experiment = track.init_store(tracking_uri, "micro")
-    run_id = track.open_run(
-        tracking_uri,
-        experiment,
-        key=run.key,
-        stage="pretrain",
-        run_name=run.name,
-        params={},
-        tags={"study": "someone_else"},
+    tracked_run(
+        tracking_uri, track.init_store(tracking_uri, "micro"), run, tags={"study": "someone_else"}
     )
-    track.finish_run(tracking_uri, run_id)
     assert cli.main(["wallclock", "--scale", "micro", "--dry-run"]) == 0
     row = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(run.name))
     assert run.key[:12] in row and "finished" in row and "someone_else" in row
@@ -89,17 +82,7 @@ def test_a_dry_run_reads_a_sql_store_without_importing_mlflow(tracking_uri: str)
     plan = plan_study(load_study("mask_ratio_sweep"), load_scale("micro"))
     assert len(plan.runs) > track.KEYS_PER_QUERY_LIMIT  # the one-read path, not a query per key
     run = plan.runs[3]
-    experiment = track.init_store(tracking_uri, "micro")
-    run_id = track.open_run(
-        tracking_uri,
-        experiment,
-        key=run.key,
-        stage=run.stage,
-        run_name=run.name,
-        params={},
-        tags={},
-    )
-    track.finish_run(tracking_uri, run_id)
+    tracked_run(tracking_uri, track.init_store(tracking_uri, "micro"), run)
     code = (
         "import sys; from mae.sweep import cli; "
         "code = cli.main(['mask_ratio_sweep', '--scale', 'micro', '--dry-run', "

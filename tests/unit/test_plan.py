@@ -7,6 +7,7 @@ import time
 from dataclasses import replace
 
 import pytest
+from support import tracked_run
 
 from mae import track
 from mae.config import TABLE_AXES, run_key, validate_config
@@ -259,19 +260,8 @@ def test_statuses_come_from_mlflow(tracking_uri: str) -> None:
     experiment = track.init_store(tracking_uri, "micro")
 
     def tracked(suffix: str, study: str, status: str | None) -> str:
-        run = run_named(p, suffix)
-        run_id = track.open_run(
-            tracking_uri,
-            experiment,
-            key=run.key,
-            stage=run.stage,
-            run_name=run.name,
-            params={},
-            tags={"study": study, "scale": "micro"},
-        )
-        if status:
-            track.finish_run(tracking_uri, run_id, status)
-        return run_id
+        tags = {"study": study, "scale": "micro"}
+        return tracked_run(tracking_uri, experiment, run_named(p, suffix), status, tags)
 
     done = tracked("ratio=0.75/seed0/pretrain", "decoder_depth", "FINISHED")
     tracked("ratio=0.5/seed0/pretrain", "mask_ratio_sweep", "FAILED")
